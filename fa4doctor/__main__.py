@@ -1,0 +1,3 @@
+from fa4doctor.cli import main
+
+main()

@@ -1,0 +1,40 @@
+"""The vetted dispatcher: one rule set decides which attention backend runs a call.
+
+`select` decides from facts (`AttentionSpec`, `Environment`, `Policy`); `attention` is the runtime
+call that training code uses instead of a backend. Names load on first use, so importing this
+package costs nothing (no torch, no CUDA).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AttentionSpec": "fa4doctor.dispatch.spec",
+    "SpecError": "fa4doctor.dispatch.spec",
+    "Dtype": "fa4doctor.dispatch.spec",
+    "MaskType": "fa4doctor.dispatch.spec",
+    "QkvFormat": "fa4doctor.dispatch.spec",
+    "BackendName": "fa4doctor.dispatch.reasons",
+    "Decision": "fa4doctor.dispatch.reasons",
+    "Reason": "fa4doctor.dispatch.reasons",
+    "ReasonCode": "fa4doctor.dispatch.reasons",
+    "DispatchError": "fa4doctor.dispatch.reasons",
+    "BackendNotEligible": "fa4doctor.dispatch.reasons",
+    "FallbackRefused": "fa4doctor.dispatch.reasons",
+    "NoBackendAvailable": "fa4doctor.dispatch.reasons",
+    "PolicyError": "fa4doctor.dispatch.reasons",
+    "Policy": "fa4doctor.dispatch.policy",
+    "select": "fa4doctor.dispatch.select",
+    "decide": "fa4doctor.dispatch.select",
+    "attention": "fa4doctor.dispatch.runtime",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'fa4doctor.dispatch' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,0 +1,76 @@
+"""FlashAttention-3 (`flash_attn_3`, module `flash_attn_interface`): the Hopper build.
+
+Facts from backend-rules.md §3.2 (FA `hopper/flash_api.cpp` and `hopper/setup.py`) and TE's
+filters (§1.3). FA3 is not on PyPI; it is built from source.
+"""
+
+from __future__ import annotations
+
+from fa4doctor.dispatch.backends.base import Backend, R, cc_text
+from fa4doctor.dispatch.reasons import BackendName, Reason
+from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
+from fa4doctor.environment import Environment, GpuFacts
+
+
+class FA3(Backend):
+    NAME = BackendName.FA3
+    DISTRIBUTIONS = ("flash-attn-3", "flash_attn_3")
+    # Only `major == 3`: the range `3.0.0b < v < 4.0.0` of TE PR #2432 also matched FA4 betas,
+    # because 4.0.0b8 < 4.0.0 under PEP 440 (backend-rules.md §1.1, fixed in TE #2910).
+    GENERATION = 3
+    FWD_ARCH_MAJORS = BWD_ARCH_MAJORS = frozenset({9})  # sm_90a kernels only; minor checked below
+    DTYPES = frozenset({Dtype.FP16, Dtype.BF16, Dtype.FP8_E4M3})  # flash_api.cpp:715-719
+    FEATURES = {
+        "softcap": "",
+        "window": "",
+        "deterministic": "",  # not with a rounded head dim of 256, checked below
+        "kv_cache": "",  # flash_attn_with_kvcache
+        "paged_kv": "",
+        "context_parallel": "",  # TE's CP exclusions checked below
+        # No dropout_p and no alibi_slopes in FA3's Python signatures (PR #2223 "missing dropout").
+    }
+
+    @classmethod
+    def special_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
+        reasons = []
+        if gpu.compute_capability != (9, 0):
+            # TE utils.py:568-596: FA3 only when CC == (9, 0).
+            reasons.append(Reason(R.ARCH_UNSUPPORTED, f"{cc_text(gpu)}: FA3 runs on compute capability 9.0 only"))
+        if spec.fp8 and spec.training:
+            reasons.append(Reason(R.FP8_UNSUPPORTED, "FP8 is forward-only in FA3 (flash_api.cpp:1300-1302)"))
+        problem = head_dim_problem(spec.head_dim_qk, spec.head_dim_v, spec.training)
+        if problem:
+            reasons.append(Reason(R.HEAD_DIM_UNSUPPORTED, problem))
+        if spec.deterministic and spec.training and max(spec.head_dim_qk, spec.head_dim_v) > 192:
+            # flash_api.cpp:1370; TE utils.py:1504-1536.
+            reasons.append(Reason(R.DETERMINISTIC_UNSUPPORTED, "deterministic backward with a rounded head "
+                                  "dim of 256 is not supported"))
+        reasons += context_parallel_problems(cls.NAME, spec)
+        return reasons
+
+
+def head_dim_problem(hd: int, hd_v: int, training: bool) -> str | None:
+    """FA3's head-dim rule (flash_api.cpp:780-791; TE `_is_fa3_supported`)."""
+    if hd > 256:
+        return f"head_dim_qk={hd} is above FA3's 256"
+    if hd != hd_v and not ((128 < hd <= 192 and 96 < hd_v <= 128) or (hd <= 64 and hd_v <= 512)):
+        return (f"(head_dim_qk, head_dim_v)=({hd}, {hd_v}): FA3 takes different head dims only for "
+                "(128,192]x(96,128] or (<=64, <=512)")
+    if training and (hd % 8 or hd_v % 8):
+        return f"the backward needs head dims divisible by 8, got ({hd}, {hd_v})"
+    return None
+
+
+def context_parallel_problems(name: BackendName, spec: AttentionSpec) -> list[Reason]:
+    """TE's context-parallel exclusions for FA2 and FA3 (TE utils.py:1157-1214)."""
+    if not spec.context_parallel:
+        return []
+    problems = []
+    if spec.fp8:
+        problems.append("FP8")
+    if spec.attn_mask_type in (MaskType.CAUSAL_BOTTOM_RIGHT, MaskType.PADDING_CAUSAL_BOTTOM_RIGHT):
+        problems.append("bottom-right causal masks")
+    if spec.attn_mask_type.is_causal and spec.seqlen_q != spec.seqlen_kv:
+        problems.append("causal cross-attention")
+    return [Reason(R.CONTEXT_PARALLEL_UNSUPPORTED, f"context parallelism in {name.value} (through TE) "
+                   f"does not support {', '.join(problems)}")] if problems else []

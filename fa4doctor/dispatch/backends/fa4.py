@@ -1,0 +1,129 @@
+"""FlashAttention-4 (`flash-attn-4`, module `flash_attn.cute`): CuTe DSL kernels, JIT-compiled.
+
+Facts from backend-rules.md §2 (FA4 b36 `flash_attn/cute/interface.py`, cited as iface:LINE) and
+the TransformerEngine rules of §1 (TE utils.py:LINE), checked on an H100 in h100-fa4-measurements.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fa4doctor.dispatch.backends.base import Backend, R, cc_text
+from fa4doctor.dispatch.reasons import BackendName, Reason
+from fa4doctor.dispatch.spec import AttentionSpec, Dtype
+from fa4doctor.environment import Environment, GpuFacts
+
+
+class FA4(Backend):
+    NAME = BackendName.FA4
+    DISTRIBUTIONS = ("flash-attn-4",)
+    GENERATION = 4
+    # b5 is where SM90 training became usable (varlen, windows, head dims beyond 128) and where
+    # `_validate_head_dims` first appears, TE's implicit floor (backend-rules.md §2.8, K8).
+    MIN_VERSION = "4.0.0b5"
+    # b11 is TransformerEngine's tested pin (TE qa/L3_pytorch_FA_versions_test/test.sh).
+    RECOMMENDED_VERSION = "4.0.0b11"
+    FWD_ARCH_MAJORS = frozenset({8, 9, 10, 11, 12})  # iface:845
+    BWD_ARCH_MAJORS = frozenset({9, 10, 11, 12})  # iface:2288: no SM80 backward (K15)
+    EXPERIMENTAL_ARCH_MAJORS = frozenset({8, 12})  # TE #3341 turns SM8x off; K14 for SM12x
+    DTYPES = frozenset({Dtype.FP16, Dtype.BF16, Dtype.FP8_E4M3, Dtype.FP8_E5M2})  # iface:801
+    FEATURES = {
+        "softcap": "",  # backward from b9, checked below
+        "learnable_sink": "",  # forward on SM90/10x/11x, backward from b26, checked below
+        "window": "",
+        "deterministic": "",  # not on SM12x, checked below
+        # dropout, ALiBi, bias, KV cache and context parallelism: TE routes none of them to FA4
+        # (TE utils.py:1104-1111, 1382-1411, 1413-1423, 833-901, 1157-1214).
+    }
+
+    @classmethod
+    def special_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
+        major = gpu.compute_capability[0]
+        reasons = cls._fp8_reasons(spec, gpu) + cls._head_dim_reasons(spec, gpu)
+        if spec.training and spec.gqa and spec.mla and major == 9:
+            # flash_bwd_sm90.py:116; raised "AssertionError: GQA backward requires head_dim ==
+            # head_dim_v" on an H100 with b36 (h100-fa4-measurements.md, K9).
+            reasons.append(Reason(R.GQA_UNSUPPORTED, f"backward with GQA and head_dim_qk != head_dim_v "
+                                  f"asserts on {cc_text(gpu)}"))
+        if spec.num_splits > 1 and major < 10:
+            # "SplitKV not supported on SM 8.0/9.0" (iface:1612, 1631); SM120 asserts <= 1 (iface:417).
+            reasons.append(Reason(R.NUM_SPLITS_UNSUPPORTED, f"num_splits={spec.num_splits} needs SM100+; "
+                                  f"FA4 asserts on {cc_text(gpu)}"))
+        reasons += cls._feature_arch_reasons(spec, env, gpu)
+        return reasons
+
+    @classmethod
+    def _fp8_reasons(cls, spec: AttentionSpec, gpu: GpuFacts) -> list[Reason]:
+        # FP8 forward only on arch//10 == 10, never with gradients (iface:857-861, 925).
+        if spec.fp8 and (gpu.compute_capability[0] != 10 or spec.training):
+            return [Reason(R.FP8_UNSUPPORTED, f"FP8 runs forward-only on compute capability 10.x; "
+                           f"asked for {'training' if spec.training else 'inference'} on {cc_text(gpu)}")]
+        return []
+
+    @classmethod
+    def _head_dim_reasons(cls, spec: AttentionSpec, gpu: GpuFacts) -> list[Reason]:
+        problem = head_dim_problem(spec.head_dim_qk, spec.head_dim_v, gpu.compute_capability[0],
+                                   spec.dtype, spec.training, spec.seqlen_q != spec.seqlen_kv)
+        return [Reason(R.HEAD_DIM_UNSUPPORTED, problem)] if problem else []
+
+    @classmethod
+    def _feature_arch_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
+        major, reasons = gpu.compute_capability[0], []
+        hd256_sm100 = major in (10, 11) and (spec.head_dim_qk, spec.head_dim_v) == (256, 256)
+        if spec.learnable_sink and major not in (9, 10, 11):
+            # SM80 asserts (flash_fwd.py:651); SM12x uses the SM80 kernel (§2.5).
+            reasons.append(Reason(R.SINK_UNSUPPORTED, f"learnable sink has no kernel on {cc_text(gpu)}"))
+        elif spec.learnable_sink and spec.training and not cls.has_version(env, "4.0.0b26"):
+            reasons.append(Reason(R.SINK_UNSUPPORTED, f"learnable-sink backward needs flash-attn-4 >= "
+                                  f"4.0.0b26 (FA PR #2706), found {cls.version(env)}"))
+        elif spec.learnable_sink and spec.training and hd256_sm100:
+            reasons.append(Reason(R.SINK_UNSUPPORTED, "the hd256 SM100 backward has no learnable sink (iface:2455)"))
+        if spec.softcap > 0 and spec.training and not cls.has_version(env, "4.0.0b9"):
+            # b0-b8 passed softcap=None to the backward kernel (FA PR #2402).
+            reasons.append(Reason(R.SOFTCAP_UNSUPPORTED, f"softcap backward needs flash-attn-4 >= 4.0.0b9, "
+                                  f"found {cls.version(env)}"))
+        elif spec.softcap > 0 and spec.training and hd256_sm100:
+            reasons.append(Reason(R.SOFTCAP_UNSUPPORTED, "the hd256 SM100 backward has no softcap (iface:2958)"))
+        if spec.deterministic and spec.training and major == 12:
+            reasons.append(Reason(R.DETERMINISTIC_UNSUPPORTED, f"deterministic backward asserts on "
+                                  f"{cc_text(gpu)} (iface:2352)"))
+        if hd256_sm100 and spec.has_window:
+            # TE utils.py:1323-1380 turns hd256 sliding windows off on SM100/110 (FA PR #2749 open).
+            reasons.append(Reason(R.WINDOW_UNSUPPORTED, "sliding windows with head dims (256, 256) on SM100/110"))
+        return reasons
+
+
+def head_dim_problem(hd: int, hd_v: int, major: int, dtype: Dtype, training: bool,
+                     cross: bool) -> str | None:
+    """Why FA4 refuses these head dims on this architecture, or None.
+
+    The same rule FA4's `_validate_head_dims` applies (iface:121-139), then TE's SM100 exclusions.
+    """
+    alignment = 16 // dtype.itemsize
+    aligned = hd % alignment == 0 and hd_v % alignment == 0
+    if major in (8, 9, 12):
+        # FA4 skips validation on SM8x/12x (iface:848, 2569); the kernels share SM90's limits
+        # (smem), so the SM90 range is the conservative reading.
+        if 8 <= hd <= 256 and 8 <= hd_v <= 256 and aligned:
+            return None
+        return (f"(head_dim_qk, head_dim_v)=({hd}, {hd_v}) is not supported on SM{major}x: both must be "
+                f"between 8 and 256 and divisible by {alignment}")
+    standard = 8 <= hd <= 128 and 8 <= hd_v <= 128
+    shapes = standard or (hd, hd_v) == (192, 128) or (hd_v == 512 and hd in (64, 512)) or (hd, hd_v) == (256, 256)
+    if not (shapes and aligned):
+        return (f"(head_dim_qk, head_dim_v)=({hd}, {hd_v}) is not supported on SM{major}x: FA4 takes "
+                f"[8,128]x[8,128], (192,128), (64,512), (512,512) or (256,256), divisible by {alignment}")
+    if (hd, hd_v) == (512, 512):
+        return "(512, 512) passes FA4's validator but runs out of TMEM on SM100 (TE utils.py:1013-1025, K13)"
+    if (hd, hd_v) == (256, 256) and cross:
+        return "(256, 256) with seqlen_q != seqlen_kv diverges from the reference on SM100 (TE utils.py:1026-1042, K12)"
+    if training and hd != hd_v and hd >= 128 and _mla_bwd_misaligned(hd, hd_v):
+        return (f"(head_dim_qk, head_dim_v)=({hd}, {hd_v}) hits the SM100 backward dK_reduce_ncol "
+                "misalignment (TE utils.py:1044-1069, K10)")
+    return None
+
+
+def _mla_bwd_misaligned(hd: int, hd_v: int) -> bool:
+    # TE utils.py:1044-1069: the dV TMEM load atom reuses dK_reduce_ncol = gcd(32, tile_hdim // 2).
+    tile_hdim, tile_hdimv = math.ceil(hd / 16) * 16, math.ceil(hd_v / 16) * 16
+    return (tile_hdimv // 2) % math.gcd(32, tile_hdim // 2) != 0

@@ -1,0 +1,82 @@
+"""PyTorch `scaled_dot_product_attention`: the last resort, which must accept every valid spec.
+
+Masks, windows, softcap, ALiBi and sinks that SDPA has no flag for are expressed exactly by the
+adapter (explicit masks, or plain math), so the backend never refuses a valid spec. Which of
+SDPA's own kernels could serve the call is reported by `kernels`, mirroring the order of checks
+in torch's `sdp_utils.cpp` (`can_use_flash_attention`, `can_use_efficient_attention`,
+`can_use_cudnn_attention`; backend-rules.md §4).
+"""
+
+from __future__ import annotations
+
+from fa4doctor.dispatch.backends.base import Backend, R, cc_text
+from fa4doctor.dispatch.reasons import BackendName, Reason
+from fa4doctor.dispatch.spec import AttentionSpec, Dtype
+from fa4doctor.environment import Environment
+
+ALL_FEATURES = ("dropout", "alibi", "bias", "kv_cache", "paged_kv", "context_parallel", "softcap",
+                "learnable_sink", "window", "deterministic")
+
+
+class SDPA(Backend):
+    NAME = BackendName.SDPA
+    DISTRIBUTIONS = ("torch",)
+    NEEDS_CUDA = False
+    DTYPES = frozenset(Dtype)
+    FEATURES = dict.fromkeys(ALL_FEATURES, "")
+    ARBITRARY_MASK = True
+    BOTTOM_RIGHT_CAUSAL = False  # the adapter builds whichever diagonal the spec asks for
+
+    @classmethod
+    def install_reasons(cls, env: Environment) -> list[Reason]:
+        return []  # torch is fa4doctor's own dependency: where fa4doctor runs, SDPA does
+
+
+def _needs_explicit_mask(spec: AttentionSpec) -> str | None:
+    if spec.varlen:
+        return "variable-length sequences"
+    if spec.has_window:
+        return "a sliding window"
+    if spec.alibi or spec.bias or spec.learnable_sink:
+        return "an additive bias (ALiBi, bias or sink)"
+    if spec.attn_mask_type.value == "arbitrary":
+        return "an arbitrary mask"
+    return None
+
+
+def kernels(spec: AttentionSpec, env: Environment, gpu: int = 0) -> tuple[tuple[str, tuple[Reason, ...]], ...]:
+    """Which SDPA kernel could serve `spec`: (kernel, reasons it cannot), in torch's default order.
+
+    >>> from fa4doctor.environment import Environment
+    >>> dict(kernels(AttentionSpec(device="cpu"), Environment()))["math"]
+    ()
+    """
+    facts = env.gpu(gpu) if spec.on_cuda else None
+    common: list[Reason] = []
+    if facts is None:
+        common.append(Reason(R.NOT_CUDA, "the fused kernels run on CUDA devices only"))
+    if spec.softcap > 0:
+        common.append(Reason(R.SOFTCAP_UNSUPPORTED, "softcap has no SDPA flag; the adapter computes it in plain math"))
+    if spec.fp8:
+        common.append(Reason(R.FP8_UNSUPPORTED, "SDPA takes no FP8 inputs; the adapter upcasts them"))
+    mask = _needs_explicit_mask(spec)
+    flash = list(common)
+    if mask:
+        flash.append(Reason(R.MASK_UNSUPPORTED, f"{mask} needs an explicit mask, which flash does not take"))
+    if spec.mla or spec.head_dim_qk > 256:
+        flash.append(Reason(R.HEAD_DIM_UNSUPPORTED, "flash needs equal q/k/v head dims <= 256"))
+    if spec.dtype not in (Dtype.FP16, Dtype.BF16):
+        flash.append(Reason(R.DTYPE_UNSUPPORTED, "flash takes fp16 and bf16"))
+    if facts and not (8, 0) <= facts.compute_capability <= (12, 1):
+        flash.append(Reason(R.ARCH_UNSUPPORTED, f"flash runs on sm80-sm121, not {cc_text(facts)}"))
+    efficient = list(common)
+    if spec.dtype not in (Dtype.FP16, Dtype.BF16, Dtype.FP32):
+        efficient.append(Reason(R.DTYPE_UNSUPPORTED, "memory-efficient takes fp16, bf16 and fp32"))
+    cudnn = list(common)
+    if mask:
+        cudnn.append(Reason(R.MASK_UNSUPPORTED, f"{mask} needs an explicit mask; cuDNN is not tried with one here"))
+    if facts and not (9, 0) <= facts.compute_capability < (11, 0):
+        cudnn.append(Reason(R.ARCH_UNSUPPORTED, f"cuDNN attention is preferred on SM90/SM10x, not {cc_text(facts)}"))
+    if spec.dtype not in (Dtype.FP16, Dtype.BF16):
+        cudnn.append(Reason(R.DTYPE_UNSUPPORTED, "cuDNN takes fp16 and bf16"))
+    return (("cudnn", tuple(cudnn)), ("flash", tuple(flash)), ("efficient", tuple(efficient)), ("math", ()))

@@ -1,0 +1,173 @@
+"""Why a backend was not used: closed reason codes, reasons, decisions and the errors that carry them.
+
+A `ReasonCode` value is also a Prometheus label value (`fa4doctor_dispatch_fallbacks_total{reason}`),
+so the set is closed and every value is a short snake_case word; the human text lives in `detail`.
+
+>>> decision = Decision(preferred=BackendName.FA4, chosen=BackendName.SDPA, reasons=(
+...     (BackendName.FA4, (Reason(ReasonCode.ARCH_UNSUPPORTED, "compute capability 7.5"),)),
+...     (BackendName.SDPA, ())))
+>>> decision.fell_back, decision.fallback_code.value
+(True, 'arch_unsupported')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class BackendName(StrEnum):
+    FA4 = "fa4"
+    FA3 = "fa3"
+    FA2 = "fa2"
+    SDPA = "sdpa"
+
+    @classmethod
+    def parse(cls, value: str, what: str = "backend") -> BackendName:
+        """Accepts any case (`FA4`, `fa4`); unknown names fail with the valid ones."""
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            raise PolicyError(f"{what}: unknown backend {value!r} (valid: "
+                              f"{', '.join(m.value for m in cls)})") from None
+
+
+class ReasonCode(StrEnum):
+    # installation and environment
+    NOT_INSTALLED = "not_installed"
+    IMPORT_FAILED = "import_failed"
+    VERSION_TOO_OLD = "version_too_old"
+    VERSION_TOO_NEW = "version_too_new"
+    VERSION_WRONG_GENERATION = "version_wrong_generation"
+    VERSION_INVALID = "version_invalid"
+    NOT_CUDA = "not_cuda"
+    NO_GPU = "no_gpu"
+    ARCH_UNSUPPORTED = "arch_unsupported"
+    BACKWARD_UNSUPPORTED = "backward_unsupported"
+    SMOKE_FAILED = "smoke_failed"
+    DISABLED_BY_POLICY = "disabled_by_policy"
+    # the call's shape and features
+    DTYPE_UNSUPPORTED = "dtype_unsupported"
+    FP8_UNSUPPORTED = "fp8_unsupported"
+    HEAD_DIM_UNSUPPORTED = "head_dim_unsupported"
+    GQA_UNSUPPORTED = "gqa_unsupported"
+    FORMAT_UNSUPPORTED = "format_unsupported"
+    VARLEN_UNSUPPORTED = "varlen_unsupported"
+    CAUSAL_ALIGNMENT = "causal_alignment"
+    MASK_UNSUPPORTED = "mask_unsupported"
+    BIAS_UNSUPPORTED = "bias_unsupported"
+    WINDOW_UNSUPPORTED = "window_unsupported"
+    DROPOUT_UNSUPPORTED = "dropout_unsupported"
+    ALIBI_UNSUPPORTED = "alibi_unsupported"
+    SOFTCAP_UNSUPPORTED = "softcap_unsupported"
+    SINK_UNSUPPORTED = "sink_unsupported"
+    DETERMINISTIC_UNSUPPORTED = "deterministic_unsupported"
+    KV_CACHE_UNSUPPORTED = "kv_cache_unsupported"
+    CONTEXT_PARALLEL_UNSUPPORTED = "context_parallel_unsupported"
+    NUM_SPLITS_UNSUPPORTED = "num_splits_unsupported"
+    KNOWN_BUG = "known_bug"
+    # advisories: never block, shown next to an eligible backend
+    VERSION_BELOW_RECOMMENDED = "version_below_recommended"
+    EXPERIMENTAL_ARCH = "experimental_arch"
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: ReasonCode
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code.value}: {self.detail}"
+
+
+Reasons = tuple[Reason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What `select` decided: every backend's reasons in priority order, and the one chosen.
+
+    `reasons` holds every backend evaluated, eligible ones with an empty tuple; `advisories`
+    holds non-blocking notes (an old beta, an experimental architecture) by backend.
+    """
+
+    preferred: BackendName
+    chosen: BackendName | None
+    reasons: tuple[tuple[BackendName, Reasons], ...]
+    advisories: tuple[tuple[BackendName, Reasons], ...] = field(default=())
+
+    def reasons_for(self, backend: BackendName) -> Reasons:
+        return dict(self.reasons).get(backend, ())
+
+    @property
+    def rejected(self) -> dict[BackendName, Reasons]:
+        return {name: found for name, found in self.reasons if found}
+
+    @property
+    def eligible(self) -> tuple[BackendName, ...]:
+        return tuple(name for name, found in self.reasons if not found)
+
+    @property
+    def fell_back(self) -> bool:
+        return self.chosen is not self.preferred
+
+    @property
+    def fallback_code(self) -> ReasonCode | None:
+        """The first reason of the preferred backend: the `reason` label of a fallback."""
+        found = self.reasons_for(self.preferred)
+        return found[0].code if self.fell_back and found else None
+
+
+class DispatchError(RuntimeError):
+    """Base of the dispatcher's refusals; each carries the decision that caused it."""
+
+
+class PolicyError(DispatchError, ValueError):
+    """A policy setting (`FA4DOCTOR_BACKEND`, `FA4DOCTOR_DISABLE`, ...) that names nothing valid."""
+
+
+def _table(decision: Decision) -> str:
+    lines = []
+    for name, found in decision.reasons:
+        lines.append(f"  {name.value}: " + ("eligible" if not found else "; ".join(map(str, found))))
+    return "\n".join(lines)
+
+
+class BackendNotEligible(DispatchError):
+    """The policy forced a backend that cannot run this call."""
+
+    def __init__(self, backend: BackendName, decision: Decision):
+        self.backend, self.decision = backend, decision
+        super().__init__(f"FA4DOCTOR_BACKEND={backend.value} cannot run this call:\n{_table(decision)}")
+
+
+class FallbackRefused(DispatchError):
+    """Strict mode (`FA4DOCTOR_STRICT=1`) and the preferred backend cannot run this call."""
+
+    def __init__(self, decision: Decision):
+        self.decision = decision
+        super().__init__(f"FA4DOCTOR_STRICT=1 refuses to fall back from {decision.preferred.value} "
+                         f"to {decision.chosen.value if decision.chosen else 'nothing'}:\n{_table(decision)}")
+
+
+class NoBackendAvailable(DispatchError):
+    """No backend the policy allows can run this call (SDPA disabled, or the spec is unrunnable)."""
+
+    def __init__(self, decision: Decision):
+        self.decision = decision
+        super().__init__(f"no backend can run this call:\n{_table(decision)}")
+
+
+def decision_to_plain(decision: Decision) -> dict:
+    """The JSON shape of a decision, shared by `explain --json`, `check --json` and the daemon."""
+    notes = dict(decision.advisories)
+    return {
+        "preferred": decision.preferred.value,
+        "chosen": decision.chosen.value if decision.chosen else None,
+        "fell_back": decision.fell_back,
+        "fallback_reason": decision.fallback_code.value if decision.fallback_code else None,
+        "backends": [{"backend": name.value, "eligible": not found,
+                      "reasons": [{"code": r.code.value, "detail": r.detail} for r in found],
+                      "advisories": [{"code": r.code.value, "detail": r.detail} for r in notes.get(name, ())]}
+                     for name, found in decision.reasons],
+    }

@@ -1,0 +1,70 @@
+"""`select`: the one decision every part of fa4doctor asks for.
+
+Pure and cached: the same spec, environment, policy and GPU always give the same `Decision`.
+Every backend is evaluated, so a decision explains itself.
+
+>>> from fa4doctor.environment import Environment
+>>> decision = select(AttentionSpec(device="cpu"), Environment())
+>>> decision.chosen.value, decision.fallback_code.value
+('sdpa', 'not_installed')
+"""
+
+from __future__ import annotations
+
+import functools
+
+from fa4doctor.dispatch.backends import PRIORITY, Backend
+from fa4doctor.dispatch.policy import Policy
+from fa4doctor.dispatch.reasons import (BackendName, BackendNotEligible, Decision, FallbackRefused,
+                                        NoBackendAvailable, Reason, ReasonCode)
+from fa4doctor.dispatch.spec import AttentionSpec
+from fa4doctor.environment import Environment
+
+_DEFAULT_POLICY = Policy()
+
+
+@functools.lru_cache(maxsize=1024)
+def decide(spec: AttentionSpec, env: Environment, policy: Policy = _DEFAULT_POLICY, gpu: int = 0,
+           backends: tuple[type[Backend], ...] = PRIORITY) -> Decision:
+    """The decision without the policy's errors: what `explain` shows even when `select` would raise."""
+    reasons, advisories = [], []
+    for backend in backends:
+        found = backend.not_supported_reasons(spec, env, gpu)
+        if backend.NAME in policy.disabled or (policy.force and backend.NAME is not policy.force):
+            why = "forced to " + policy.force.value if policy.force else "disabled by FA4DOCTOR_DISABLE"
+            found = [Reason(ReasonCode.DISABLED_BY_POLICY, why), *found]
+        reasons.append((backend.NAME, tuple(found)))
+        advisories.append((backend.NAME, tuple(backend.advisories(spec, env, gpu))))
+    chosen = next((name for name, found in reasons if not found), None)
+    return Decision(preferred=_preferred(policy, backends), chosen=chosen, reasons=tuple(reasons),
+                    advisories=tuple(a for a in advisories if a[1]))
+
+
+def select(spec: AttentionSpec, env: Environment, policy: Policy = _DEFAULT_POLICY, gpu: int = 0,
+           backends: tuple[type[Backend], ...] = PRIORITY) -> Decision:
+    """Choose the first backend in priority order (FA4 > FA3 > FA2 > SDPA) that can run `spec`.
+
+    Raises `BackendNotEligible` when the policy forces a backend that cannot run the call,
+    `FallbackRefused` in strict mode when the preferred backend cannot, and `NoBackendAvailable`
+    when nothing the policy allows can.
+    """
+    decision = decide(spec, env, policy, gpu, backends)
+    if policy.force is not None and decision.chosen is not policy.force:
+        raise BackendNotEligible(policy.force, decision)
+    if decision.chosen is None:
+        raise NoBackendAvailable(decision)
+    if policy.strict and decision.fell_back:
+        raise FallbackRefused(decision)
+    return decision
+
+
+def _preferred(policy: Policy, backends: tuple[type[Backend], ...]) -> BackendName:
+    if policy.force is not None:
+        return policy.force
+    allowed = [b.NAME for b in backends if b.NAME not in policy.disabled]
+    return allowed[0] if allowed else backends[0].NAME
+
+
+def cache_clear() -> None:
+    """Forget cached decisions (tests do this between cases)."""
+    decide.cache_clear()

@@ -1,0 +1,57 @@
+"""The canonical mask and window, translated into FlashAttention's bottom-right convention.
+
+Canonical meaning (TransformerEngine's): query i may see key j when
+`i + d - left <= j <= i + d + right` (an unbounded side is -1), and for causal masks also
+`j <= i + d`, where the diagonal offset d is 0 for top-left masks (`causal`, `padding_causal`)
+and `seqlen_kv - seqlen_q` for every other mask. FA2 >= 2.1, FA3 and FA4 always use
+d = `seqlen_kv - seqlen_q` (backend-rules.md §2.6, FA2 README "2.1: change behavior of causal flag").
+
+`fa_mask` returns the FA call that keeps exactly the canonical key set, or None when FA cannot
+express it. Both the backend rules (to refuse) and the adapters (to call) use it.
+
+>>> fa_mask(AttentionSpec(seqlen_q=256, seqlen_kv=128, attn_mask_type="causal"))
+FaMask(causal=False, left=None, right=128)
+>>> fa_mask(AttentionSpec(seqlen_q=128, seqlen_kv=256, attn_mask_type="causal")) is None
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fa4doctor.dispatch.spec import AttentionSpec
+
+
+@dataclass(frozen=True, slots=True)
+class FaMask:
+    """FA's `causal` flag and window sides, None meaning unbounded (never -1)."""
+
+    causal: bool
+    left: int | None
+    right: int | None
+
+
+def _side(value: int) -> int | None:
+    return None if value < 0 else value
+
+
+def fa_mask(spec: AttentionSpec) -> FaMask | None:
+    left, right = spec.window_size
+    if not spec.top_left_misaligned:
+        if spec.attn_mask_type.is_causal:
+            return FaMask(causal=True, left=_side(left), right=0)
+        return FaMask(causal=False, left=_side(left), right=_side(right))
+    # Top-left causal with seqlen_q != seqlen_kv: shift the diagonal by s = seqlen_kv - seqlen_q.
+    # The right edge j <= i becomes window right = -s, which FA can only take when it is >= 0
+    # (FA2/FA3 read any negative side as unbounded; FA4 >= b30 reads it literally: h100 notes).
+    # Per-sequence shifts of a variable-length batch cannot be one window.
+    if spec.varlen:
+        return None
+    shift = spec.seqlen_kv - spec.seqlen_q
+    if shift > 0:
+        return None
+    if left < 0:
+        return FaMask(causal=False, left=None, right=-shift)
+    if left + shift < 0:
+        return None
+    return FaMask(causal=False, left=left + shift, right=-shift)

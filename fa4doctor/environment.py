@@ -1,0 +1,242 @@
+"""The `Environment` snapshot: every fact a decision needs, frozen, with a versioned JSON form.
+
+The probe fills it from a real machine (`fa4doctor check --json` writes it); the dispatcher decides
+from it; `fa4doctor explain --env FILE` decides from a saved one anywhere. Facts only: verdicts are
+never stored here, they are recomputed by `select()`.
+
+>>> env = Environment(gpus=(GpuFacts(cuda_index=0, name="NVIDIA H100 80GB HBM3",
+...                                  compute_capability=(9, 0)),))
+>>> Environment.from_json(env.to_json()) == env
+True
+>>> env.gpu(0).compute_capability
+(9, 0)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+
+from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.records import RecordError, from_plain, to_plain
+
+SCHEMA = "fa4doctor.environment"
+SCHEMA_VERSION = 1
+
+
+class SnapshotError(ValueError):
+    """A snapshot file that cannot be read or does not match the schema."""
+
+
+class ImportStatus(StrEnum):
+    """How importing a backend in a child process went (classified by the probe)."""
+
+    OK = "ok"
+    NOT_INSTALLED = "not_installed"
+    NOT_CHECKED = "not_checked"  # nobody tried: no verdict, and no reason to refuse
+    MISSING_DEPENDENCY = "missing_dependency"
+    ABI_MISMATCH = "abi_mismatch"
+    DRIVER_TOO_OLD = "driver_too_old"
+    BLOCKED = "blocked_by_other_package"
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class MigDevice:
+    uuid: str | None = None
+    gpu_instance_id: int | None = None
+    compute_instance_id: int | None = None
+    memory_total_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GpuFacts:
+    """One GPU. `cuda_index` is the ordinal a process sees (None if CUDA_VISIBLE_DEVICES hides it);
+    `nvml_index` is NVML's, which is not the same thing: join on `uuid`. NVML fields are None when
+    the query is unsupported or failed; `nvml_errors` says which failed and how."""
+
+    name: str
+    compute_capability: tuple[int, int]
+    cuda_index: int | None = None
+    nvml_index: int | None = None
+    uuid: str | None = None
+    memory_total_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    mig_mode_current: bool | None = None
+    mig_mode_pending: bool | None = None
+    mig_devices: tuple[MigDevice, ...] = ()
+    ecc_mode_current: bool | None = None
+    ecc_mode_pending: bool | None = None
+    ecc_uncorrected_volatile: int | None = None
+    ecc_uncorrected_aggregate: int | None = None
+    remapped_rows_pending: bool | None = None
+    remapped_rows_failed: bool | None = None
+    clock_event_reasons: int | None = None
+    persistence_mode: bool | None = None
+    compute_mode: str | None = None
+    pcie_gen_current: int | None = None
+    pcie_gen_max: int | None = None
+    pcie_width_current: int | None = None
+    pcie_width_max: int | None = None
+    fabric_state: str | None = None
+    fabric_status: int | None = None
+    compute_processes: int | None = None
+    lost: bool = False
+    nvml_errors: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def arch(self) -> int:
+        """`major * 10 + minor`, as FA4's `_get_device_arch` computes it (90 for an H100)."""
+        return self.compute_capability[0] * 10 + self.compute_capability[1]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverInfo:
+    nvml_status: str = "not_checked"  # ok, library_not_found, lib_rm_mismatch, driver_not_loaded, ...
+    nvml_error: str | None = None
+    driver_version: str | None = None
+    cuda_driver_version: int | None = None  # NVML's integer form: 13000 is CUDA 13.0
+    nvml_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TorchInfo:
+    version: str | None = None
+    cuda: str | None = None  # the CUDA torch was built with ("13.0"); None for CPU builds
+    cxx11_abi: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInstall:
+    """One backend as installed: which distribution provides it, and whether it imports."""
+
+    backend: BackendName
+    distribution: str | None = None
+    version: str | None = None
+    import_status: ImportStatus = ImportStatus.NOT_CHECKED
+    import_error: str | None = None
+    dependencies: tuple[tuple[str, str], ...] = ()  # (distribution, version) it needs at run time
+
+    @property
+    def installed(self) -> bool:
+        return self.version is not None and self.import_status is not ImportStatus.NOT_INSTALLED
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    name: str
+    version: str
+    location: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A problem or warning the probe found, with what to do about it."""
+
+    code: str
+    severity: str  # "error" or "warning" or "info"
+    message: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JitCache:
+    """FA4's CuTe DSL disk cache (`FLASH_ATTENTION_CUTE_DSL_CACHE_*`, backend-rules.md §2.9)."""
+
+    enabled: bool = False
+    directory: str | None = None
+    writable: bool | None = None
+    size_bytes: int | None = None
+    entries: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One smoke case's outcome on a node, valid only while `fingerprint` still matches."""
+
+    backend: BackendName
+    fingerprint: str
+    case: str
+    dtype: str
+    head_dim_qk: int
+    head_dim_v: int
+    attn_mask_type: str
+    window: bool
+    direction: str  # "fwd" or "bwd"
+    outcome: str  # "pass" or a failure kind: wrong_result, refused, compile_failed, crash, timeout, oom
+    detail: str = ""
+    gpu_uuid: str | None = None
+    recorded_at: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome != "pass"
+
+
+@dataclass(frozen=True)
+class Environment:
+    schema_version: int = SCHEMA_VERSION
+    created_at: str | None = None
+    hostname: str | None = None
+    python: str | None = None
+    torch: TorchInfo = field(default_factory=TorchInfo)
+    driver: DriverInfo = field(default_factory=DriverInfo)
+    gpus: tuple[GpuFacts, ...] = ()
+    backends: tuple[BackendInstall, ...] = ()
+    packages: tuple[Package, ...] = ()
+    findings: tuple[Finding, ...] = ()
+    ledger: tuple[LedgerEntry, ...] = ()
+    jit_cache: JitCache = field(default_factory=JitCache)
+    cuda_visible_devices: str | None = None
+    cuda_device_order: str | None = None
+
+    def gpu(self, cuda_index: int | None = 0) -> GpuFacts | None:
+        """The GPU a process sees as `cuda:<cuda_index>`, or None."""
+        return next((g for g in self.gpus if g.cuda_index == cuda_index), None)
+
+    def backend(self, name: BackendName) -> BackendInstall | None:
+        return next((b for b in self.backends if b.backend is name), None)
+
+    def with_ledger(self, entries: tuple[LedgerEntry, ...]) -> Environment:
+        return replace(self, ledger=tuple(entries))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps({"schema": SCHEMA, **to_plain(self)}, indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str) -> Environment:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SnapshotError(f"not valid JSON: {exc}") from None
+        return cls.from_plain(data)
+
+    @classmethod
+    def from_plain(cls, data: object) -> Environment:
+        """Accepts a bare snapshot or `fa4doctor check --json` output (snapshot under `environment`)."""
+        if isinstance(data, dict) and isinstance(data.get("environment"), dict):
+            data = data["environment"]
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise SnapshotError(f"not an environment snapshot (expected \"schema\": \"{SCHEMA}\")")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise SnapshotError(f"schema_version {version!r} is not supported (this fa4doctor "
+                                    f"reads version {SCHEMA_VERSION})")
+        body = {k: v for k, v in data.items() if k != "schema"}
+        try:
+            return from_plain(cls, body)
+        except RecordError as exc:
+            raise SnapshotError(f"invalid snapshot: {exc}") from None
+
+
+def load_environment(path: str | Path) -> Environment:
+    """Read a snapshot written by `fa4doctor check --json` (or `Environment.to_json`)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SnapshotError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return Environment.from_json(text)
