@@ -30,6 +30,11 @@ class FaMask:
     left: int | None
     right: int | None
 
+    @property
+    def windowed(self) -> bool:
+        """The call needs FA's `window_size` (a bounded side beyond what `causal` implies)."""
+        return self.left is not None or (self.right is not None and not self.causal)
+
 
 def _side(value: int) -> int | None:
     return None if value < 0 else value

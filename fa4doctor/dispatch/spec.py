@@ -84,6 +84,8 @@ class QkvFormat(StrEnum):
 # (TE utils.py:2642-2684): an arbitrary mask already says which keys each query sees.
 _WINDOWLESS_MASKS = frozenset({MaskType.ARBITRARY})
 UNBOUNDED = (-1, -1)
+_FLAGS = ("varlen", "alibi", "bias", "learnable_sink", "deterministic", "training", "kv_cache",
+          "paged_kv", "context_parallel")
 
 
 def _enum(cls: type[StrEnum], field: str, value: Any) -> Any:
@@ -142,17 +144,22 @@ class AttentionSpec:
                                          "seqlen_kv": "seqlen_q"}[name]))
         if self.qkv_format is QkvFormat.THD or self.attn_mask_type.is_padding:
             put("varlen", True)
-        if self.same_seqlens is None and not self.varlen:
+        if self.same_seqlens is not None and not isinstance(self.same_seqlens, bool):
+            raise SpecError("same_seqlens", f"must be true, false or null, got {self.same_seqlens!r}")
+        if not self.varlen:
+            if self.same_seqlens is not None and self.same_seqlens != (self.seqlen_q == self.seqlen_kv):
+                raise SpecError("same_seqlens", f"{self.same_seqlens} contradicts seqlen_q={self.seqlen_q}, "
+                                f"seqlen_kv={self.seqlen_kv} of a fixed-length batch")
             put("same_seqlens", self.seqlen_q == self.seqlen_kv)
         put("window_size", self._checked_window())
         self._check_numbers()
 
     def _checked_window(self) -> tuple[int, int]:
         window = self.window_size if self.window_size is not None else UNBOUNDED
-        try:
-            left, right = (int(side) for side in window)
-        except (TypeError, ValueError):
-            raise SpecError("window_size", f"expected two integers (left, right), got {window!r}") from None
+        if (not isinstance(window, (tuple, list)) or len(window) != 2
+                or not all(isinstance(side, int) and not isinstance(side, bool) for side in window)):
+            raise SpecError("window_size", f"expected two integers (left, right), got {window!r}")
+        left, right = window
         if left < -1 or right < -1:
             raise SpecError("window_size", f"sides must be >= -1 (-1 = unbounded), got {(left, right)}")
         if (left, right) != UNBOUNDED and self.attn_mask_type in _WINDOWLESS_MASKS:
@@ -164,6 +171,15 @@ class AttentionSpec:
         return (left, right)
 
     def _check_numbers(self) -> None:
+        for name in _FLAGS:
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(name, f"must be true or false, got {getattr(self, name)!r}")
+        for name in ("dropout_p", "softcap"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise SpecError(name, f"must be a number, got {value!r}")
+        if not isinstance(self.device, str) or not self.device:
+            raise SpecError("device", f"must be a device name such as 'cuda' or 'cpu', got {self.device!r}")
         for name in ("head_dim_qk", "head_dim_v", "num_heads_q", "num_heads_kv"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -179,7 +195,7 @@ class AttentionSpec:
             raise SpecError("dropout_p", f"must be in [0, 1), got {self.dropout_p!r}")
         if self.softcap < 0:
             raise SpecError("softcap", f"must be >= 0 (0 = off), got {self.softcap!r}")
-        if not isinstance(self.num_splits, int) or self.num_splits < 0:
+        if not isinstance(self.num_splits, int) or isinstance(self.num_splits, bool) or self.num_splits < 0:
             raise SpecError("num_splits", f"must be an integer >= 0 (0 = heuristic), got {self.num_splits!r}")
 
     # Derived facts the rules read; properties so they can never disagree with the fields.

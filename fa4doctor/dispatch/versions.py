@@ -6,6 +6,8 @@ True
 (4, True)
 >>> parse("not a version") is None
 True
+>>> below("2.9.0rc1", "2.9"), below("2.8.3.post1", "2.9")
+(False, True)
 """
 
 from __future__ import annotations
@@ -29,3 +31,15 @@ def at_least(text: str | None, minimum: str) -> bool:
     """True when `text` parses and is >= `minimum` (pre-releases compare as PEP 440 says)."""
     version = parse(text)
     return version is not None and version >= Version(minimum)
+
+
+def below(text: str | None, limit: str) -> bool:
+    """True when `text` parses and comes before every release of `limit`, its pre-releases included.
+
+    An exclusive upper bound means "not checked against this release yet", and `2.9.0rc1` is as
+    unchecked as `2.9.0`, though PEP 440 sorts it below.
+    """
+    version, bound = parse(text), Version(limit)
+    if not bound.is_prerelease and not bound.is_devrelease:
+        bound = Version(f"{bound.base_version}.dev0")
+    return version is not None and version < bound

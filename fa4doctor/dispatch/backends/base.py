@@ -12,7 +12,7 @@ from typing import ClassVar
 from fa4doctor.dispatch.reasons import BackendName, Reason, ReasonCode
 from fa4doctor.dispatch.semantics import fa_mask
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
-from fa4doctor.dispatch.versions import at_least, parse
+from fa4doctor.dispatch.versions import at_least, below, parse
 from fa4doctor.dispatch.vetting import ledger_failures
 from fa4doctor.environment import Environment, GpuFacts, ImportStatus
 
@@ -65,6 +65,9 @@ class Backend:
     FEATURES: ClassVar[dict[str, str]] = {}
     ARBITRARY_MASK: ClassVar[bool] = False
     BOTTOM_RIGHT_CAUSAL: ClassVar[bool] = True
+    # A smoke failure in the ledger refuses the backend; the last resort only gets an advisory,
+    # since refusing it would leave the call with nothing to run on.
+    LEDGER_BLOCKS: ClassVar[bool] = True
 
     @classmethod
     def not_supported_reasons(cls, spec: AttentionSpec, env: Environment, gpu: int = 0) -> list[Reason]:
@@ -75,10 +78,11 @@ class Backend:
         facts = env.gpu(gpu) if spec.on_cuda else None
         reasons += cls.dtype_reasons(spec, facts)
         reasons += cls.feature_reasons(spec, env)
-        reasons += cls.mask_reasons(spec)
+        reasons += cls.mask_reasons(spec, env)
         if facts is not None and not device:
             reasons += cls.special_reasons(spec, env, facts)
-            reasons += ledger_failures(cls.NAME, spec, env, facts)
+            if cls.LEDGER_BLOCKS:
+                reasons += ledger_failures(cls.NAME, spec, env, facts)
         return reasons
 
     @classmethod
@@ -94,9 +98,11 @@ class Backend:
                 and not at_least(install.version, cls.RECOMMENDED_VERSION):
             notes.append(Reason(R.VERSION_BELOW_RECOMMENDED, f"{install.distribution} {install.version} is "
                                 f"below the recommended {cls.RECOMMENDED_VERSION}"))
-        facts = env.gpu(gpu)
+        facts = env.gpu(gpu) if spec.on_cuda else None
         if facts and facts.compute_capability[0] in cls.EXPERIMENTAL_ARCH_MAJORS:
             notes.append(Reason(R.EXPERIMENTAL_ARCH, f"{cls.NAME.value} on {cc_text(facts)} is experimental"))
+        if facts and not cls.LEDGER_BLOCKS:
+            notes += ledger_failures(cls.NAME, spec, env, facts)
         return notes
 
     # --- the generic checks, each walking one piece of capability data ---------------------------
@@ -133,7 +139,7 @@ class Backend:
                            f"{cls.GENERATION}.x release, so it is not {cls.NAME.value}")]
         if cls.MIN_VERSION and not at_least(text, cls.MIN_VERSION):
             return [Reason(R.VERSION_TOO_OLD, f"{distribution} {text} is older than the minimum {cls.MIN_VERSION}")]
-        if cls.MAX_VERSION and at_least(text, cls.MAX_VERSION):
+        if cls.MAX_VERSION and not below(text, cls.MAX_VERSION):
             return [Reason(R.VERSION_TOO_NEW, f"{distribution} {text} is not below {cls.MAX_VERSION}, "
                            "the first version these rules have not been checked against")]
         return []
@@ -179,18 +185,24 @@ class Backend:
         return reasons
 
     @classmethod
-    def mask_reasons(cls, spec: AttentionSpec) -> list[Reason]:
+    def mask_reasons(cls, spec: AttentionSpec, env: Environment) -> list[Reason]:
         if spec.attn_mask_type is MaskType.ARBITRARY and not cls.ARBITRARY_MASK:
             return [Reason(R.MASK_UNSUPPORTED, f"{cls.NAME.value} cannot take an arbitrary mask")]
         if not cls.BOTTOM_RIGHT_CAUSAL or not spec.top_left_misaligned:
             return []
         # FA aligns causal masks bottom-right; a top-left one is only taken when a window can say
         # exactly the same thing (semantics.fa_mask), and never with ALiBi, whose diagonal cannot move.
-        if fa_mask(spec) is None or spec.alibi:
-            where = "per sequence of a variable-length batch" if spec.varlen else \
-                f"seqlen_q={spec.seqlen_q}, seqlen_kv={spec.seqlen_kv}"
+        where = "per sequence of a variable-length batch" if spec.varlen else \
+            f"seqlen_q={spec.seqlen_q}, seqlen_kv={spec.seqlen_kv}"
+        translated = fa_mask(spec)
+        if translated is None or spec.alibi:
             return [Reason(R.CAUSAL_ALIGNMENT, f"top-left {spec.attn_mask_type.value} with {where} cannot be "
                            f"expressed in {cls.NAME.value}'s bottom-right causal convention")]
+        window_since = cls.FEATURES.get("window")
+        if translated.windowed and (window_since is None or not cls.has_version(env, window_since)):
+            # The exact translation is a window; a release without windows cannot take it.
+            return [Reason(R.CAUSAL_ALIGNMENT, f"top-left {spec.attn_mask_type.value} with {where} needs a "
+                           f"window, which {cls.NAME.value} {cls.version(env)} does not have")]
         return []
 
     @classmethod

@@ -52,7 +52,10 @@ class FA2(Backend):
                                   f"8.0, 9.0, 10.0 or 12.0; this is {cc_text(gpu)}"))
         if spec.softcap > 0 and spec.dropout_p > 0:
             reasons.append(Reason(R.SOFTCAP_UNSUPPORTED, "softcap with dropout is not supported (flash_api.cpp:397)"))
-        if spec.num_splits > 1:
+        if spec.num_splits != 1:
             reasons.append(Reason(R.NUM_SPLITS_UNSUPPORTED, "FA2 has no num_splits (TE utils.py:739-748)"))
+        if (spec.kv_cache or spec.paged_kv) and gpu.compute_capability == (12, 0):
+            # TE utils.py:833-901 turns every FA generation off for a KV cache on SM120.
+            reasons.append(Reason(R.KV_CACHE_UNSUPPORTED, f"a KV cache on {cc_text(gpu)} is not supported"))
         reasons += context_parallel_problems(cls.NAME, spec)
         return reasons

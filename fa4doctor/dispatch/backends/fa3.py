@@ -38,7 +38,7 @@ class FA3(Backend):
             reasons.append(Reason(R.ARCH_UNSUPPORTED, f"{cc_text(gpu)}: FA3 runs on compute capability 9.0 only"))
         if spec.fp8 and spec.training:
             reasons.append(Reason(R.FP8_UNSUPPORTED, "FP8 is forward-only in FA3 (flash_api.cpp:1300-1302)"))
-        problem = head_dim_problem(spec.head_dim_qk, spec.head_dim_v, spec.training)
+        problem = head_dim_problem(spec.head_dim_qk, spec.head_dim_v, spec.training, spec.dtype)
         if problem:
             reasons.append(Reason(R.HEAD_DIM_UNSUPPORTED, problem))
         if spec.deterministic and spec.training and max(spec.head_dim_qk, spec.head_dim_v) > 192:
@@ -49,13 +49,15 @@ class FA3(Backend):
         return reasons
 
 
-def head_dim_problem(hd: int, hd_v: int, training: bool) -> str | None:
+def head_dim_problem(hd: int, hd_v: int, training: bool, dtype: Dtype = Dtype.BF16) -> str | None:
     """FA3's head-dim rule (flash_api.cpp:780-791; TE `_is_fa3_supported`)."""
     if hd > 256:
         return f"head_dim_qk={hd} is above FA3's 256"
     if hd != hd_v and not ((128 < hd <= 192 and 96 < hd_v <= 128) or (hd <= 64 and hd_v <= 512)):
         return (f"(head_dim_qk, head_dim_v)=({hd}, {hd_v}): FA3 takes different head dims only for "
                 "(128,192]x(96,128] or (<=64, <=512)")
+    if hd_v > 256 and dtype.is_fp8:
+        return f"head_dim_v={hd_v} > 256 needs fp16 or bf16 (TE _is_fa3_supported)"
     if training and (hd % 8 or hd_v % 8):
         return f"the backward needs head dims divisible by 8, got ({hd}, {hd_v})"
     return None

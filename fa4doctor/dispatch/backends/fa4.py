@@ -11,6 +11,7 @@ import math
 from fa4doctor.dispatch.backends.base import Backend, R, cc_text
 from fa4doctor.dispatch.reasons import BackendName, Reason
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype
+from fa4doctor.dispatch.versions import at_least, parse
 from fa4doctor.environment import Environment, GpuFacts
 
 
@@ -39,32 +40,56 @@ class FA4(Backend):
     @classmethod
     def special_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
         major = gpu.compute_capability[0]
-        reasons = cls._fp8_reasons(spec, gpu) + cls._head_dim_reasons(spec, gpu)
+        reasons = cls._fp8_reasons(spec, env, gpu) + cls._head_dim_reasons(spec, env, gpu)
         if spec.training and spec.gqa and spec.mla and major == 9:
             # flash_bwd_sm90.py:116; raised "AssertionError: GQA backward requires head_dim ==
             # head_dim_v" on an H100 with b36 (h100-fa4-measurements.md, K9).
             reasons.append(Reason(R.GQA_UNSUPPORTED, f"backward with GQA and head_dim_qk != head_dim_v "
                                   f"asserts on {cc_text(gpu)}"))
-        if spec.num_splits > 1 and major < 10:
-            # "SplitKV not supported on SM 8.0/9.0" (iface:1612, 1631); SM120 asserts <= 1 (iface:417).
-            reasons.append(Reason(R.NUM_SPLITS_UNSUPPORTED, f"num_splits={spec.num_splits} needs SM100+; "
-                                  f"FA4 asserts on {cc_text(gpu)}"))
+        if spec.num_splits != 1 and major not in (10, 11):
+            # "SplitKV not supported on SM 8.0/9.0" (iface:1612, 1631), also for the heuristic's
+            # splits (num_splits=0); SM120 asserts num_splits <= 1 (iface:417). TE utils.py:739-748, K16.
+            reasons.append(Reason(R.NUM_SPLITS_UNSUPPORTED, f"num_splits={spec.num_splits} needs SM100/SM110; "
+                                  f"FA4 takes only num_splits=1 on {cc_text(gpu)}"))
         reasons += cls._feature_arch_reasons(spec, env, gpu)
         return reasons
 
     @classmethod
-    def _fp8_reasons(cls, spec: AttentionSpec, gpu: GpuFacts) -> list[Reason]:
+    def install_reasons(cls, env: Environment) -> list[Reason]:
+        reasons = super().install_reasons(env)
+        install = env.backend(cls.NAME)
+        cutlass = dict(install.dependencies).get("nvidia-cutlass-dsl") if install else None
+        if not reasons and parse(install.version).public == "4.0.0b24" and cutlass \
+                and not at_least(cutlass, "4.6.2"):
+            # TE backends.py:176-185 refuses exactly this pair with an ImportError (K3).
+            reasons.append(Reason(R.KNOWN_BUG, f"flash-attn-4 4.0.0b24 needs nvidia-cutlass-dsl >= 4.6.2, "
+                                  f"found {cutlass}"))
+        return reasons
+
+    @classmethod
+    def _fp8_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
+        if not spec.fp8:
+            return []
         # FP8 forward only on arch//10 == 10, never with gradients (iface:857-861, 925).
-        if spec.fp8 and (gpu.compute_capability[0] != 10 or spec.training):
+        if gpu.compute_capability[0] != 10 or spec.training:
             return [Reason(R.FP8_UNSUPPORTED, f"FP8 runs forward-only on compute capability 10.x; "
                            f"asked for {'training' if spec.training else 'inference'} on {cc_text(gpu)}")]
+        if not cls.has_version(env, "4.0.0b10"):  # FP8 forward arrived in b10 (backend-rules.md §2.8)
+            return [Reason(R.FP8_UNSUPPORTED, f"FP8 needs flash-attn-4 >= 4.0.0b10, found {cls.version(env)}")]
         return []
 
     @classmethod
-    def _head_dim_reasons(cls, spec: AttentionSpec, gpu: GpuFacts) -> list[Reason]:
-        problem = head_dim_problem(spec.head_dim_qk, spec.head_dim_v, gpu.compute_capability[0],
+    def _head_dim_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
+        major, dims = gpu.compute_capability[0], (spec.head_dim_qk, spec.head_dim_v)
+        problem = head_dim_problem(spec.head_dim_qk, spec.head_dim_v, major,
                                    spec.dtype, spec.training, spec.seqlen_q != spec.seqlen_kv)
-        return [Reason(R.HEAD_DIM_UNSUPPORTED, problem)] if problem else []
+        if problem:
+            return [Reason(R.HEAD_DIM_UNSUPPORTED, problem)]
+        since = SM100_HEAD_DIMS_SINCE.get(dims) if major in (10, 11) else None
+        if since and not cls.has_version(env, since):
+            return [Reason(R.HEAD_DIM_UNSUPPORTED, f"head dims {dims} on {cc_text(gpu)} need flash-attn-4 "
+                           f">= {since}, found {cls.version(env)}")]
+        return []
 
     @classmethod
     def _feature_arch_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
@@ -87,10 +112,20 @@ class FA4(Backend):
         if spec.deterministic and spec.training and major == 12:
             reasons.append(Reason(R.DETERMINISTIC_UNSUPPORTED, f"deterministic backward asserts on "
                                   f"{cc_text(gpu)} (iface:2352)"))
+        elif spec.deterministic and spec.training and spec.gqa and major == 9 \
+                and not cls.has_version(env, "4.0.0b12"):
+            # The SM90 backward was not deterministic with GQA before b12 (FA PR #2510).
+            reasons.append(Reason(R.DETERMINISTIC_UNSUPPORTED, f"deterministic backward with GQA on "
+                                  f"{cc_text(gpu)} needs flash-attn-4 >= 4.0.0b12, found {cls.version(env)}"))
         if hd256_sm100 and spec.has_window:
             # TE utils.py:1323-1380 turns hd256 sliding windows off on SM100/110 (FA PR #2749 open).
             reasons.append(Reason(R.WINDOW_UNSUPPORTED, "sliding windows with head dims (256, 256) on SM100/110"))
         return reasons
+
+
+# SM100/SM110 head-dim shapes newer than the b5 floor: (64, 512) MLA-absorbed arrived in b9,
+# the dedicated (256, 256) kernel in b11 (FA PR #2412), backend-rules.md §2.5 and §2.8.
+SM100_HEAD_DIMS_SINCE = {(64, 512): "4.0.0b9", (256, 256): "4.0.0b11"}
 
 
 def head_dim_problem(hd: int, hd_v: int, major: int, dtype: Dtype, training: bool,

@@ -14,6 +14,7 @@ from fa4doctor.dispatch.reasons import BackendName, Reason
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype
 from fa4doctor.environment import Environment
 
+_CONSUMER_CCS = frozenset({(8, 6), (8, 9), (12, 0), (12, 1)})
 ALL_FEATURES = ("dropout", "alibi", "bias", "kv_cache", "paged_kv", "context_parallel", "softcap",
                 "learnable_sink", "window", "deterministic")
 
@@ -26,6 +27,7 @@ class SDPA(Backend):
     FEATURES = dict.fromkeys(ALL_FEATURES, "")
     ARBITRARY_MASK = True
     BOTTOM_RIGHT_CAUSAL = False  # the adapter builds whichever diagonal the spec asks for
+    LEDGER_BLOCKS = False  # the last resort: a smoke failure is shown as an advisory instead
 
     @classmethod
     def install_reasons(cls, env: Environment) -> list[Reason]:
@@ -69,6 +71,14 @@ def kernels(spec: AttentionSpec, env: Environment, gpu: int = 0) -> tuple[tuple[
         flash.append(Reason(R.DTYPE_UNSUPPORTED, "flash takes fp16 and bf16"))
     if facts and not (8, 0) <= facts.compute_capability <= (12, 1):
         flash.append(Reason(R.ARCH_UNSUPPORTED, f"flash runs on sm80-sm121, not {cc_text(facts)}"))
+    if spec.top_left_misaligned:
+        # "Flash attention does not support the is_causal flag when seqlen_q != seqlen_k" (sdp_utils.cpp).
+        flash.append(Reason(R.CAUSAL_ALIGNMENT, "flash takes is_causal only when seqlen_q == seqlen_kv"))
+    if (facts and facts.compute_capability in _CONSUMER_CCS and spec.training and spec.dropout_p > 0
+            and 192 < spec.head_dim_qk <= 256):
+        # sdp_utils.cpp: sm86/89/120/121 refuse head dims in (192, 256] for training with dropout.
+        flash.append(Reason(R.HEAD_DIM_UNSUPPORTED, f"flash refuses head dim {spec.head_dim_qk} with dropout "
+                            f"for training on {cc_text(facts)}"))
     efficient = list(common)
     if spec.dtype not in (Dtype.FP16, Dtype.BF16, Dtype.FP32):
         efficient.append(Reason(R.DTYPE_UNSUPPORTED, "memory-efficient takes fp16, bf16 and fp32"))
@@ -76,7 +86,14 @@ def kernels(spec: AttentionSpec, env: Environment, gpu: int = 0) -> tuple[tuple[
     if mask:
         cudnn.append(Reason(R.MASK_UNSUPPORTED, f"{mask} needs an explicit mask; cuDNN is not tried with one here"))
     if facts and not (9, 0) <= facts.compute_capability < (11, 0):
-        cudnn.append(Reason(R.ARCH_UNSUPPORTED, f"cuDNN attention is preferred on SM90/SM10x, not {cc_text(facts)}"))
+        # Counted only where torch puts cuDNN first (sdp_utils.cpp `priority_order`, backend-rules.md §4).
+        cudnn.append(Reason(R.ARCH_UNSUPPORTED, f"fa4doctor counts cuDNN attention only on SM90/SM10x, "
+                            f"where torch tries it first; not on {cc_text(facts)}"))
     if spec.dtype not in (Dtype.FP16, Dtype.BF16):
         cudnn.append(Reason(R.DTYPE_UNSUPPORTED, "cuDNN takes fp16 and bf16"))
-    return (("cudnn", tuple(cudnn)), ("flash", tuple(flash)), ("efficient", tuple(efficient)), ("math", ()))
+    found = {"cudnn": tuple(cudnn), "flash": tuple(flash), "efficient": tuple(efficient), "math": ()}
+    # torch tries cuDNN first on SM90/SM10x with a recent cuDNN, else flash, memory-efficient, cuDNN
+    # (sdp_utils.cpp `priority_order`, backend-rules.md §4); math is always last and always works.
+    first_cudnn = facts is not None and facts.compute_capability[0] in (9, 10)
+    order = ("cudnn", "flash", "efficient", "math") if first_cudnn else ("flash", "efficient", "cudnn", "math")
+    return tuple((name, found[name]) for name in order)

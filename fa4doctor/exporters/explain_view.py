@@ -1,0 +1,129 @@
+"""`fa4doctor explain` output: one decision as a terminal table or as JSON. Renders, never decides.
+
+>>> from fa4doctor.dispatch.select import decide
+>>> from fa4doctor.environment import Environment
+>>> spec = AttentionSpec(device="cpu")
+>>> plain = explanation_to_plain(Explanation("demo", spec, decide(spec, Environment()), ()))
+>>> plain["chosen"], [b["eligible"] for b in plain["backends"]]
+('sdpa', [False, False, False, True])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any
+
+from fa4doctor.dispatch.policy import Policy
+from fa4doctor.dispatch.reasons import Decision, Reason, decision_to_plain
+from fa4doctor.dispatch.spec import AttentionSpec
+from fa4doctor.environment import Environment
+
+SCHEMA = "fa4doctor.explain"
+SCHEMA_VERSION = 1
+
+Kernels = tuple[tuple[str, tuple[Reason, ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """One spec's decision, with SDPA's kernels and the exit code it earns on its own."""
+
+    name: str
+    spec: AttentionSpec
+    decision: Decision
+    sdpa_kernels: Kernels
+    exit_code: int = 0
+    message: str | None = None  # why the exit code is not 0, in one sentence
+
+
+def policy_text(policy: Policy) -> str:
+    if policy.force is not None:
+        return f"FA4DOCTOR_BACKEND={policy.force.value} (only that backend may run)"
+    parts = []
+    if policy.disabled:
+        parts.append("FA4DOCTOR_DISABLE=" + ",".join(sorted(b.value for b in policy.disabled)))
+    if policy.strict:
+        parts.append("FA4DOCTOR_STRICT=1 (falling back is an error)")
+    return "; ".join(parts) or "default: fa4 > fa3 > fa2 > sdpa, fall back when needed"
+
+
+def environment_text(env: Environment, gpu: int, source: str) -> str:
+    facts = env.gpu(gpu)
+    where = (f"cuda:{gpu} {facts.name} (compute capability {facts.compute_capability[0]}."
+             f"{facts.compute_capability[1]})" if facts else f"no CUDA device {gpu}")
+    installed = [f"{b.backend.value} {b.version}" for b in env.backends if b.installed and b.backend.value != "sdpa"]
+    torch = f"torch {env.torch.version or '?'}" + (f" (CUDA {env.torch.cuda})" if env.torch.cuda else "")
+    return f"{source}: {where}; {torch}; installed: {', '.join(installed) or 'no flash-attn backend'}"
+
+
+def _reasons_plain(found: tuple[Reason, ...]) -> list[dict[str, str]]:
+    return [{"code": r.code.value, "detail": r.detail} for r in found]
+
+
+def explanation_to_plain(item: Explanation) -> dict[str, Any]:
+    """One explanation as JSON: `decision_to_plain` plus the spec, SDPA's kernels and the exit code."""
+    return {"name": item.name, "spec": item.spec.to_dict(), **decision_to_plain(item.decision),
+            "sdpa_kernels": [{"kernel": name, "usable": not found, "reasons": _reasons_plain(found)}
+                             for name, found in item.sdpa_kernels],
+            "exit_code": item.exit_code, "message": item.message}
+
+
+def report_to_plain(items: list[Explanation], policy: Policy, env_text: str, exit_code: int) -> dict[str, Any]:
+    """The whole `explain --json` document. With one spec its fields are also at the top level."""
+    explanations = [explanation_to_plain(item) for item in items]
+    top = dict(explanations[0]) if len(explanations) == 1 else {}
+    top.update({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "exit_code": exit_code,
+                "policy": {"force": policy.force.value if policy.force else None,
+                           "disabled": sorted(b.value for b in policy.disabled), "strict": policy.strict,
+                           "text": policy_text(policy)},
+                "environment": env_text, "explanations": explanations})
+    return top
+
+
+def _status(item: Explanation, name: Any, found: tuple[Reason, ...]) -> str:
+    if name is item.decision.chosen:
+        return "[bold green]chosen[/]"
+    return "[green]eligible[/]" if not found else "[red]rejected[/]"
+
+
+def _lines(found: tuple[Reason, ...], style: str = "") -> list[str]:
+    from rich.markup import escape
+
+    return [f"[{style}]{escape(r.code.value)}[/]: {escape(r.detail)}" if style else
+            f"{escape(r.code.value)}: {escape(r.detail)}" for r in found]
+
+
+def render_explanation(item: Explanation, console: Any) -> None:
+    """Print one explanation: a table of every backend, SDPA's kernels, the chosen backend."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{escape(item.name)}: {escape(item.spec.short())}", title_justify="left",
+                  show_lines=True, expand=False)
+    table.add_column("backend", style="bold")
+    table.add_column("status")
+    table.add_column("reasons (code: detail) and advisories")
+    notes = dict(item.decision.advisories)
+    for name, found in item.decision.reasons:
+        text = _lines(found) + _lines(notes.get(name, ()), "yellow")
+        table.add_row(name.value, _status(item, name, found), "\n".join(text) or "-")
+    console.print(table)
+    kernels = ", ".join(f"{name} ({'usable' if not found else found[0].code.value})"
+                        for name, found in item.sdpa_kernels)
+    console.print(f"sdpa kernels, in torch's order: {escape(kernels)}", highlight=False)
+    chosen = item.decision.chosen.value if item.decision.chosen else "none"
+    verdict = f"chosen: [bold]{chosen}[/] (preferred: {item.decision.preferred.value})"
+    if item.message:
+        verdict += f" - {escape(item.message)}"
+    console.print(verdict, highlight=False)
+
+
+def render_report(items: list[Explanation], policy: Policy, env_text: str, file: IO[str]) -> None:
+    from rich.console import Console
+
+    console = Console(file=file, highlight=False, soft_wrap=False)
+    console.print(f"environment: {env_text}", markup=False)
+    console.print(f"policy: {policy_text(policy)}", markup=False)
+    for item in items:
+        console.print()
+        render_explanation(item, console)

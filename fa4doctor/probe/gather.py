@@ -1,0 +1,110 @@
+"""`gather_environment`: every fact of this machine in one frozen `Environment`, and nothing decided.
+
+Packages come from metadata, imports run in child processes (cached), GPUs through the NVML seam,
+the rest from files and the environment; findings are derived from those facts by `problems`.
+
+>>> from fa4doctor.probe.nvml import FakeNvml
+>>> env = gather_environment(nvml=FakeNvml({"init_error": 12}), check_imports=False, environ={})
+>>> env.driver.nvml_status, env.gpus
+('library_not_found', ())
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.environment import Environment, Finding, ImportStatus
+from fa4doctor.probe import imports, problems
+from fa4doctor.probe.gpus import probe_gpus
+from fa4doctor.probe.ledger import default_ledger_path, read_ledger
+from fa4doctor.probe.nvml import NvmlSource, PynvmlSource
+from fa4doctor.probe.packages import scan_packages
+from fa4doctor.probe.system import map_cuda_ordinals, read_jit_cache, read_torch_info
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered:
+    env: Environment
+    timings: tuple[tuple[str, float], ...]
+    imports_cached: bool | None  # None when imports were not checked
+
+
+def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger_path: str | Path | None = None,
+           environ: Mapping[str, str] | None = None, path: list[str] | None = None,
+           cache_dir: Path | None = None, refresh: bool = False,
+           import_modules: Mapping[BackendName, tuple[str, ...]] = imports.MODULES,
+           import_timeout: float = imports.DEFAULT_TIMEOUT) -> Gathered:
+    """`gather_environment` plus how long each part took and whether imports came from the cache."""
+    environ = os.environ if environ is None else environ
+    clock, timings = time.perf_counter(), []
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings.append((name + "_seconds", round(now - clock, 4)))
+        clock = now
+
+    facts = scan_packages(path)
+    torch = read_torch_info()
+    lap("packages")
+    driver, gpus = probe_gpus(PynvmlSource() if nvml is None else nvml)
+    gpus = map_cuda_ordinals(gpus, environ)
+    lap("nvml")
+    backends, cached = facts.backends, None
+    if check_imports:
+        todo = tuple(b.backend for b in backends if b.import_status is not ImportStatus.NOT_INSTALLED)
+        key = imports.fingerprint(facts.software_key, environ, driver.driver_version)
+        results, cached = imports.check_imports(todo, key, cache_dir=cache_dir, refresh=refresh,
+                                                modules=import_modules, timeout=import_timeout, environ=environ)
+        backends = tuple(replace(b, import_status=results[b.backend].status, import_error=results[b.backend].error)
+                         if b.backend in results else b for b in backends)
+        abi = results.get(BackendName.SDPA)
+        if abi is not None and abi.torch_cxx11_abi is not None:
+            torch = replace(torch, cxx11_abi=abi.torch_cxx11_abi)
+    lap("imports")
+    jit = read_jit_cache(environ)
+    ledger = read_ledger(ledger_path if ledger_path is not None else default_ledger_path(dict(environ)))
+    findings = _findings(facts, backends, torch, driver, gpus, environ, jit, import_modules)
+    if ledger.problem:
+        findings.append(Finding("ledger_unreadable", problems.WARNING, ledger.problem,
+                                "fa4doctor smoke rewrites it; or remove the file"))
+    env = Environment(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      hostname=socket.gethostname(), python=platform.python_version(), torch=torch,
+                      driver=driver, gpus=gpus, backends=backends, packages=facts.packages,
+                      findings=tuple(findings), ledger=ledger.entries, jit_cache=jit,
+                      cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
+                      cuda_device_order=environ.get("CUDA_DEVICE_ORDER"))
+    lap("rest")
+    return Gathered(env, tuple(timings), cached)
+
+
+def _findings(facts, backends, torch, driver, gpus, environ, jit, modules) -> list[Finding]:
+    fa4 = next(b for b in backends if b.backend is BackendName.FA4)
+    found = problems.driver_findings(driver, torch)
+    for gpu in gpus:
+        found += problems.gpu_findings(gpu)
+    found += problems.visibility_findings(gpus, environ)
+    found += problems.package_findings(facts)
+    found += problems.import_findings(backends, torch, modules)
+    found += problems.jit_cache_findings(jit, fa4.import_status is not ImportStatus.NOT_INSTALLED)
+    return found
+
+
+def gather_environment(*, nvml: NvmlSource | None = None, check_imports: bool = True,
+                       ledger_path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                       **options) -> Environment:
+    """The facts of this machine (reads the default vetting ledger unless `ledger_path` says otherwise).
+
+    `nvml` replaces the NVML source (tests pass `FakeNvml`); `check_imports=False` skips the child
+    imports; `environ` replaces `os.environ`. Other keywords go to `gather`.
+    """
+    return gather(nvml=nvml, check_imports=check_imports, ledger_path=ledger_path, environ=environ,
+                  **options).env

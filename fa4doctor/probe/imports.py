@@ -1,0 +1,208 @@
+"""Import each installed backend in its own child process, in parallel, with a timeout.
+
+Never in the parent: an undefined symbol, a CUDA initialisation or a segfault must not take down
+the caller (DESIGN.md "probe"). Failures are classified (ecosystem-anchors.md §5.1 rows 1, 4, 12;
+backend-rules.md K3), and results are cached by a fingerprint of the installed software, so a
+repeated `check` imports nothing until something changed.
+
+>>> classify({"ok": False, "type": "ImportError",
+...           "message": "flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi"}, 1, False)[0].value
+'abi_mismatch'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.environment import ImportStatus
+
+# What "importing a backend" means: the module a caller imports first, then its native part.
+MODULES: dict[BackendName, tuple[str, ...]] = {
+    BackendName.FA4: ("flash_attn.cute",),
+    BackendName.FA3: ("flash_attn_interface",),
+    BackendName.FA2: ("flash_attn", "flash_attn_2_cuda"),
+    BackendName.SDPA: ("torch",),
+}
+CACHE_FORMAT = 1
+CACHE_KEEP = 8  # fingerprints kept; older ones belong to software no longer installed
+DEFAULT_TIMEOUT = 60.0
+
+# Runs in the child: import the modules named on the command line, print one JSON line.
+_CHILD = r"""
+import importlib, json, sys, traceback
+out = {"ok": True}
+try:
+    for name in sys.argv[1:]:
+        importlib.import_module(name)
+except BaseException as exc:
+    out = {"ok": False, "type": type(exc).__name__, "message": str(exc),
+           "missing": getattr(exc, "name", None), "traceback": traceback.format_exc()[-6000:]}
+torch = sys.modules.get("torch")
+if torch is not None:
+    try:
+        out["torch_cxx11_abi"] = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
+    except Exception:
+        pass
+sys.stdout.write("\n" + json.dumps(out) + "\n")
+"""
+
+_DRIVER_TOO_OLD = ("driver version is insufficient", "driver on your system is too old",
+                   "cuda_error_insufficient_driver", "found version")
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    status: ImportStatus
+    error: str | None = None
+    seconds: float = 0.0
+    torch_cxx11_abi: bool | None = None
+
+
+def classify(result: dict | None, returncode: int, timed_out: bool, stderr: str = "",
+             timeout: float = DEFAULT_TIMEOUT, modules: tuple[str, ...] = ()) -> tuple[ImportStatus, str | None]:
+    """An import outcome as an `ImportStatus` and one line of detail."""
+    if timed_out:
+        return ImportStatus.TIMEOUT, f"import did not finish in {timeout:g} s"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return ImportStatus.CRASH, f"the importing process was killed by {name}"
+    if result is None:
+        tail = stderr.strip().splitlines()[-1:] or [f"exit status {returncode}, no result"]
+        return ImportStatus.ERROR, tail[0]
+    if result.get("ok"):
+        return ImportStatus.OK, None
+    kind, message = result.get("type", "Exception"), result.get("message", "")
+    text, trace = f"{kind}: {message}", result.get("traceback", "")
+    lowered = message.lower()
+    # FA2's flash_attn/__init__.py runs before flash_attn.cute (ecosystem-anchors.md §5.1 #12), so
+    # whatever breaks it, FA4 is only its victim.
+    if "flash_attn.cute" in modules and f"flash_attn{os.sep}__init__.py" in trace:
+        return ImportStatus.BLOCKED, f"flash-attn (FA2) breaks the import of flash_attn.cute: {text}"
+    if "undefined symbol" in lowered:
+        return ImportStatus.ABI_MISMATCH, text
+    if any(phrase in lowered for phrase in _DRIVER_TOO_OLD) and "driver" in lowered:
+        return ImportStatus.DRIVER_TOO_OLD, text
+    missing = result.get("missing")
+    if kind == "ModuleNotFoundError" and missing and not any(m == missing or m.startswith(missing + ".")
+                                                             for m in modules):
+        return ImportStatus.MISSING_DEPENDENCY, f"missing module {missing!r} ({text})"
+    return ImportStatus.ERROR, text
+
+
+def _last_json(stdout: str) -> dict | None:
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "ok" in value:
+            return value
+    return None
+
+
+def run_imports(backends: tuple[BackendName, ...], *, modules: Mapping[BackendName, tuple[str, ...]] = MODULES,
+                timeout: float = DEFAULT_TIMEOUT, python: str = sys.executable,
+                environ: Mapping[str, str] | None = None) -> dict[BackendName, ImportResult]:
+    """Import each backend's modules in a fresh interpreter, all at once; never raises for a failure."""
+    env = dict(os.environ if environ is None else environ)
+    started, children = time.monotonic(), {}
+    for backend in backends:
+        children[backend] = subprocess.Popen([python, "-c", _CHILD, *modules[backend]], env=env,
+                                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    results = {}
+    for backend, child in children.items():
+        left = max(0.0, timeout - (time.monotonic() - started))
+        try:
+            stdout, stderr = child.communicate(timeout=left)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)  # the child's own session: nothing of ours
+            stdout, stderr = child.communicate()
+            timed_out = True
+        result = _last_json(stdout or "")
+        status, error = classify(result, child.returncode, timed_out, stderr or "", timeout, modules[backend])
+        results[backend] = ImportResult(status, error, round(time.monotonic() - started, 3),
+                                        (result or {}).get("torch_cxx11_abi"))
+    return results
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fa4doctor"
+
+
+def fingerprint(software_key: object, environ: Mapping[str, str], extra: object = None) -> str:
+    """What an import outcome depends on: the installed files, the interpreter, the loader's
+    search paths, and `extra` (the driver version: it decides `driver_too_old`)."""
+    facts = {"software": software_key, "python": sys.executable, "version": sys.version,
+             "env": {k: environ.get(k) for k in ("PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD",
+                                                 "CUDA_VISIBLE_DEVICES", "CUDA_HOME")},
+             "extra": extra, "format": CACHE_FORMAT}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _cache_file(cache_dir: Path, key: str) -> Path:
+    # One file per fingerprint, so two environments sharing a home (a venv and the system Python,
+    # a daemon and a user) do not evict each other's results.
+    return cache_dir / f"imports-{key}.json"
+
+
+def read_cache(cache_dir: Path, key: str) -> dict[BackendName, ImportResult] | None:
+    try:
+        data = json.loads(_cache_file(cache_dir, key).read_text())
+        if data.get("fingerprint") != key:
+            return None
+        return {BackendName(name): ImportResult(ImportStatus(r["status"]), r.get("error"), r.get("seconds", 0.0),
+                                                r.get("torch_cxx11_abi"))
+                for name, r in data["results"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # a missing or foreign cache is simply a miss
+
+
+def write_cache(cache_dir: Path, key: str, results: dict[BackendName, ImportResult]) -> None:
+    body = {"fingerprint": key, "results": {b.value: {"status": r.status.value, "error": r.error,
+                                                      "seconds": r.seconds, "torch_cxx11_abi": r.torch_cxx11_abi}
+                                            for b, r in results.items()}}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="imports.", suffix=".tmp", dir=cache_dir)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(body, handle)
+        os.replace(tmp, _cache_file(cache_dir, key))
+        _prune(cache_dir)
+    except OSError:
+        pass  # a read-only home only costs the next check its speed
+
+
+def _prune(cache_dir: Path, keep: int = CACHE_KEEP) -> None:
+    files = sorted(cache_dir.glob("imports-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in files[keep:]:
+        stale.unlink(missing_ok=True)
+
+
+def check_imports(backends: tuple[BackendName, ...], key: str, *, cache_dir: Path | None = None,
+                  refresh: bool = False, **run_options) -> tuple[dict[BackendName, ImportResult], bool]:
+    """Cached `run_imports`: returns the results and whether they came from the cache."""
+    cache_dir = default_cache_dir(run_options.get("environ")) if cache_dir is None else cache_dir
+    cached = None if refresh else read_cache(cache_dir, key)
+    if cached is not None and set(backends) <= set(cached):
+        return {b: cached[b] for b in backends}, True
+    results = run_imports(backends, **run_options)
+    write_cache(cache_dir, key, results)
+    return results, False

@@ -1,0 +1,185 @@
+"""Installed distributions that matter to attention, read from their metadata (never `__version__`).
+
+- which distribution provides each backend (FA4's `flash_attn.cute.__version__` says "0.0.0",
+  backend-rules.md §2.1, so versions come from `importlib.metadata` only);
+- FA4's own `Requires-Dist` checked against what is installed (§5 K3);
+- who owns each file under `flash_attn/cute` according to the RECORD files: FA2 <= 2.8.3.post1
+  wheels ship a stale copy, and co-installs overwrite each other's files (§2.1, K1);
+- the deprecated `pynvml` distribution (ecosystem-anchors.md §4.1).
+
+Every function takes `path` (the `sys.path` to search), so tests build dist-info trees in a tmp dir.
+
+>>> facts = scan_packages(path=[])
+>>> facts.backends[0].backend.value, facts.backends[0].import_status.value
+('fa4', 'not_installed')
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as metadata
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.environment import BackendInstall, ImportStatus, Package
+
+# Distributions that can provide each backend, best first (backend-rules.md §2.1, §3).
+PROVIDERS: dict[BackendName, tuple[str, ...]] = {
+    BackendName.FA4: ("flash-attn-4", "fa4", "flash-attn-cute"),
+    BackendName.FA3: ("flash-attn-3",),
+    BackendName.FA2: ("flash-attn",),
+    BackendName.SDPA: ("torch",),
+}
+OBSOLETE_FA4_NAMES = ("fa4", "flash-attn-cute")  # short-lived names of the FA4 package (§2.1)
+FA4_DEPENDENCIES = ("nvidia-cutlass-dsl", "quack-kernels", "apache-tvm-ffi", "torch-c-dlpack-ext")
+REPORTED = frozenset({"torch", "flash-attn", "flash-attn-3", "flash-attn-4", "fa4", "flash-attn-cute",
+                      "nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-core",
+                      "quack-kernels", "apache-tvm-ffi", "torch-c-dlpack-ext", "einops", "triton",
+                      "nvidia-ml-py", "pynvml", "transformer-engine", "transformer-engine-torch",
+                      "xformers", "fa4doctor"})
+CUTE_DIR = "flash_attn/cute/"
+
+
+@dataclass(frozen=True, slots=True)
+class RequirementCheck:
+    """One of FA4's declared requirements and what is installed for it."""
+
+    requirement: str
+    distribution: str
+    installed: str | None
+    satisfied: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CuteFile:
+    """A file under `flash_attn/cute` on the search path, with every distribution whose RECORD lists it."""
+
+    path: str
+    owners: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PackageFacts:
+    packages: tuple[Package, ...]
+    backends: tuple[BackendInstall, ...]
+    fa4_requirements: tuple[RequirementCheck, ...] = ()
+    cute_files: tuple[CuteFile, ...] = ()
+    duplicates: tuple[tuple[str, tuple[str, ...]], ...] = ()  # name -> versions found, first one wins
+    software_key: tuple[tuple[str, str], ...] = ()  # (dist-info dir, mtime): what the import cache keys on
+
+
+def canonicalize_name(name: str) -> str:
+    """PEP 503 normalisation (`flash_attn_4` -> `flash-attn-4`), without importing `packaging.tags`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _name(dist: metadata.Distribution) -> str:
+    # Python 3.10+ reads the name from the dist-info directory without opening METADATA.
+    fast = getattr(dist, "_normalized_name", None)
+    return canonicalize_name(fast or dist.metadata["Name"] or "")
+
+
+def _location(dist: metadata.Distribution) -> str:
+    return str(dist.locate_file(""))
+
+
+def find_distributions(path: list[str] | None = None) -> tuple[dict[str, metadata.Distribution],
+                                                                dict[str, list[metadata.Distribution]]]:
+    """The distribution of each name that Python would use (first on `path`), and all of them."""
+    every: dict[str, list[metadata.Distribution]] = {}
+    for dist in metadata.distributions(path=sys.path if path is None else path):
+        every.setdefault(_name(dist), []).append(dist)
+    return {name: found[0] for name, found in every.items()}, every
+
+
+def scan_packages(path: list[str] | None = None) -> PackageFacts:
+    """All package facts of the Python environment that `path` describes (default `sys.path`)."""
+    first, every = find_distributions(path)
+    relevant = {name: dist for name, dist in first.items() if name in REPORTED}
+    packages = tuple(Package(name=name, version=dist.version, location=_location(dist))
+                     for name, dist in sorted(relevant.items()))
+    requirements = fa4_requirements(first)
+    backends = tuple(_backend(backend, first, requirements) for backend in PROVIDERS)
+    duplicates = tuple((name, tuple(d.version for d in found)) for name, found in sorted(every.items())
+                       if name in REPORTED and len({d.version for d in found}) > 1)
+    return PackageFacts(packages=packages, backends=backends, fa4_requirements=requirements,
+                        cute_files=cute_ownership(first, path), duplicates=duplicates,
+                        software_key=_software_key(every))
+
+
+def _backend(backend: BackendName, dists: dict[str, metadata.Distribution],
+             requirements: tuple[RequirementCheck, ...]) -> BackendInstall:
+    name = next((n for n in PROVIDERS[backend] if n in dists), None)
+    if name is None:
+        return BackendInstall(backend=backend, import_status=ImportStatus.NOT_INSTALLED)
+    if backend is BackendName.FA4:
+        needs = tuple((r.distribution, r.installed) for r in requirements if r.installed)
+    elif backend is BackendName.SDPA or "torch" not in dists:
+        needs = ()
+    else:
+        needs = (("torch", dists["torch"].version),)
+    return BackendInstall(backend=backend, distribution=dists[name].metadata["Name"] or name,
+                          version=dists[name].version, dependencies=needs)
+
+
+def fa4_requirements(dists: dict[str, metadata.Distribution]) -> tuple[RequirementCheck, ...]:
+    """FA4's `Requires-Dist` (no extras) for its key dependencies, against what is installed."""
+    provider = next((dists[n] for n in PROVIDERS[BackendName.FA4] if n in dists), None)
+    if provider is None:
+        return ()
+    from packaging.requirements import InvalidRequirement, Requirement  # 40 ms: only with FA4 installed
+
+    checks = []
+    for line in provider.requires or ():
+        try:
+            requirement = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an extra such as [cu13], or another platform
+        name = canonicalize_name(requirement.name)
+        if name not in FA4_DEPENDENCIES:
+            continue
+        installed = dists[name].version if name in dists else None
+        ok = installed is not None and requirement.specifier.contains(installed, prereleases=True)
+        checks.append(RequirementCheck(str(requirement), name, installed, ok))
+    return tuple(checks)
+
+
+def cute_ownership(dists: dict[str, metadata.Distribution], path: list[str] | None = None) -> tuple[CuteFile, ...]:
+    """Every file under `flash_attn/cute` (RECORD entries and files on disk) with its owners."""
+    owners: dict[str, list[str]] = {}
+    for name, dist in dists.items():
+        if not _may_own_cute(name):
+            continue  # reading every RECORD (torch's alone is large) would cost half a second
+        for entry in dist.files or ():
+            if str(entry).startswith(CUTE_DIR) and "__pycache__" not in str(entry):
+                owners.setdefault(os.path.normpath(dist.locate_file(entry)), []).append(name)
+    for root in (sys.path if path is None else path):
+        base = Path(root or ".") / CUTE_DIR
+        if not base.is_dir():
+            continue
+        for file in base.rglob("*"):
+            if file.is_file() and "__pycache__" not in file.parts:
+                owners.setdefault(os.path.normpath(file), [])
+    return tuple(CuteFile(path, tuple(found)) for path, found in sorted(owners.items()))
+
+
+def _may_own_cute(name: str) -> bool:
+    return any(word in name for word in ("flash", "fa4", "cute", "attn"))
+
+
+def _software_key(every: dict[str, list[metadata.Distribution]]) -> tuple[tuple[str, str], ...]:
+    key = []
+    for found in every.values():
+        for dist in found:
+            where = getattr(dist, "_path", None)  # the dist-info directory of a PathDistribution
+            try:
+                stamp = str(os.stat(where).st_mtime_ns) if where else ""
+            except OSError:
+                stamp = ""
+            key.append((str(where or _location(dist)), stamp))
+    return tuple(sorted(key))

@@ -1,0 +1,92 @@
+"""The `fa4doctor check` report: the snapshot, a verdict per GPU and spec, problems, exit status.
+
+Verdicts come only from `dispatch.select.decide`; this module only arranges them. The JSON shape
+is the `fa4doctor.check` contract (schema_version 1) that the daemon and `explain --env` read.
+
+>>> from fa4doctor.environment import Environment
+>>> report = build_report(Environment(), DEFAULT_SPECS[:1])
+>>> report["verdicts"][0]["chosen"], report["healthy"], report["exit_code"]
+('sdpa', False, 3)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+from fa4doctor.dispatch.policy import Policy
+from fa4doctor.dispatch.reasons import BackendName, decision_to_plain
+from fa4doctor.dispatch.select import decide
+from fa4doctor.dispatch.spec import AttentionSpec
+from fa4doctor.environment import Environment, GpuFacts
+from fa4doctor.probe.default_specs import DEFAULT_SPECS
+
+SCHEMA = "fa4doctor.check"
+SCHEMA_VERSION = 1
+EXIT_OK, EXIT_PROBLEMS = 0, 3
+
+# What to do when the expected backend is refused, by the first reason's code.
+REASON_FIXES = {
+    "not_installed": "pip install --pre 'flash-attn-4>=4.0.0b11' (or: pip install 'fa4doctor[fa4]')",
+    "version_too_old": "pip install --pre -U flash-attn-4",
+    "import_failed": "see the import problem above",
+    "no_gpu": "run the check where a GPU is visible (CUDA_VISIBLE_DEVICES, --gpus all)",
+    "arch_unsupported": "this GPU cannot run the backend; nothing to fix on the node",
+    "smoke_failed": "fa4doctor smoke --json shows the failing case; the dispatcher avoids it meanwhile",
+    "disabled_by_policy": "unset FA4DOCTOR_BACKEND / FA4DOCTOR_DISABLE if that is not intended",
+}
+
+
+def judged_gpus(env: Environment, only: Sequence[int] = ()) -> list[GpuFacts | None]:
+    """The GPUs a process sees (by CUDA ordinal), or `[None]` when none is visible."""
+    visible = sorted((g for g in env.gpus if g.cuda_index is not None), key=lambda g: g.cuda_index)
+    if only:
+        visible = [g for g in visible if g.cuda_index in only]
+    return visible or [None]
+
+
+def verdicts(env: Environment, specs: Sequence[tuple[str, AttentionSpec]], policy: Policy = Policy(),
+             only: Sequence[int] = ()) -> list[dict]:
+    found = []
+    for gpu in judged_gpus(env, only):
+        index = gpu.cuda_index if gpu else 0
+        for name, spec in specs:
+            found.append({"gpu": index, "gpu_uuid": gpu.uuid if gpu else None,
+                          "gpu_name": gpu.name if gpu else "no GPU visible", "spec_name": name,
+                          "spec": spec.to_dict(), **decision_to_plain(decide(spec, env, policy, index))})
+    return found
+
+
+def verdict_problems(found: list[dict], expect: BackendName) -> list[dict]:
+    """One problem per GPU and first reason where the expected backend was not chosen."""
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for verdict in found:
+        if verdict["chosen"] == expect.value:
+            continue
+        mine = next(b for b in verdict["backends"] if b["backend"] == expect.value)
+        code = mine["reasons"][0]["code"] if mine["reasons"] else "not_chosen"
+        groups.setdefault((verdict["gpu"], code), []).append(verdict)
+    problems = []
+    for (gpu, code), group in groups.items():
+        first = next(b for b in group[0]["backends"] if b["backend"] == expect.value)
+        detail = first["reasons"][0]["detail"] if first["reasons"] else f"{group[0]['chosen']} ranks higher"
+        names = ", ".join(v["spec_name"] for v in group)
+        problems.append({"code": f"{expect.value}_not_eligible", "severity": "error",
+                         "message": f"{expect.value} is not used on cuda:{gpu} ({group[0]['gpu_name']}) for "
+                                    f"{names}: {code}: {detail}",
+                         "fix": REASON_FIXES.get(code, f"fa4doctor explain for the full table ({code})")})
+    return problems
+
+
+def build_report(env: Environment, specs: Sequence[tuple[str, AttentionSpec]] = DEFAULT_SPECS, *,
+                 expect: BackendName = BackendName.FA4, policy: Policy = Policy(), only: Sequence[int] = (),
+                 timings: Mapping[str, float] | None = None, smoke: dict | None = None) -> dict:
+    """The whole `check --json` object for `env` (verdicts recomputed from it, never stored)."""
+    found = verdicts(env, specs, policy, only)
+    problems = [{"code": f.code, "severity": f.severity, "message": f.message, "fix": f.fix} for f in env.findings]
+    problems += verdict_problems(found, expect)
+    healthy = not any(p["severity"] == "error" for p in problems)
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "environment": json.loads(env.to_json(None)),
+            "expect": expect.value, "verdicts": found, "problems": problems, "healthy": healthy,
+            "exit_code": EXIT_OK if healthy else EXIT_PROBLEMS, "timings": dict(timings or {"total_seconds": 0.0}),
+            "smoke": smoke}

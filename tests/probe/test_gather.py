@@ -1,0 +1,102 @@
+"""The whole probe on fakes: dist-info trees, replayed NVML, a ledger; then verdicts via `decide`."""
+
+from __future__ import annotations
+
+import json
+
+from probe_fakes import NVML_FIXTURES, fa4, fa4_deps, write_dist
+
+from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.dispatch.vetting import fingerprint
+from fa4doctor.environment import Environment, ImportStatus, LedgerEntry
+from fa4doctor.probe import ledger
+from fa4doctor.probe.default_specs import DEFAULT_SPECS
+from fa4doctor.probe.gather import gather, gather_environment
+from fa4doctor.probe.nvml import FakeNvml
+from fa4doctor.probe.report import build_report
+
+
+def node(site, tmp_path, fixture="healthy_h100", fa4_version="4.0.0b36", **options):
+    fa4(site, fa4_version)
+    fa4_deps(site)
+    write_dist(site, "torch", "2.13.0")
+    options.setdefault("ledger_path", tmp_path / "ledger.json")
+    return gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / f"{fixture}.json"), check_imports=False,
+                              environ={}, path=[str(site)], **options)
+
+
+def test_healthy_h100_with_fa4_b36_is_healthy(site, tmp_path):
+    env = node(site, tmp_path)
+    assert env.gpu(0).uuid == "GPU-5d3c0a8e-1f7b-4c1e-9a55-0e2d3b4c5d6e"
+    assert env.backend(BackendName.FA4).version == "4.0.0b36"
+    assert [f.code for f in env.findings] == ["jit_cache_disabled"]
+    report = build_report(env)
+    assert {v["chosen"] for v in report["verdicts"]} == {"fa4"}
+    assert len(report["verdicts"]) == len(DEFAULT_SPECS)
+    assert (report["healthy"], report["exit_code"]) == (True, 0)
+
+
+def test_snapshot_round_trips_through_json(site, tmp_path):
+    env = node(site, tmp_path, fixture="mig_enabled")
+    report = build_report(env)
+    again = Environment.from_plain(json.loads(json.dumps(report)))
+    assert again == env and again.gpus[0].mig_devices == env.gpus[0].mig_devices
+
+
+def test_fa4_b3_is_too_old_and_the_check_says_what_to_do(site, tmp_path):
+    report = build_report(node(site, tmp_path, fa4_version="4.0.0b3"))
+    assert {v["chosen"] for v in report["verdicts"]} != {"fa4"}
+    problem = next(p for p in report["problems"] if p["code"] == "fa4_not_eligible")
+    assert "version_too_old" in problem["message"] and problem["fix"] == "pip install --pre -U flash-attn-4"
+    assert report["exit_code"] == 3
+
+
+def test_expect_another_backend(site, tmp_path):
+    report = build_report(node(site, tmp_path), expect=BackendName.SDPA)
+    assert report["exit_code"] == 3 and report["problems"][-1]["code"] == "sdpa_not_eligible"
+
+
+def test_mixed_gpus_judge_each_visible_gpu(site, tmp_path):
+    env = gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / "mixed_gpus.json"), check_imports=False,
+                             environ={"CUDA_VISIBLE_DEVICES": "2,0", "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+                             path=[str(site)], ledger_path=tmp_path / "none.json")
+    report = build_report(env, DEFAULT_SPECS[:1])
+    assert [(v["gpu"], v["gpu_name"]) for v in report["verdicts"]] == [(0, "Tesla T4"), (1, "NVIDIA H100 80GB HBM3")]
+    assert env.cuda_visible_devices == "2,0"
+
+
+def test_ledger_failure_turns_fa4_off_for_that_class(site, tmp_path):
+    env = node(site, tmp_path)
+    name, spec = DEFAULT_SPECS[0]
+    entry = LedgerEntry(backend=BackendName.FA4, fingerprint=fingerprint(BackendName.FA4, env, env.gpu(0)),
+                        case="hd128_causal", dtype="bf16", head_dim_qk=128, head_dim_v=128,
+                        attn_mask_type="causal", window=False, direction="bwd", outcome="wrong_result")
+    ledger.record([entry], tmp_path / "ledger.json")
+    env = gather_environment(
+        nvml=FakeNvml.from_file(NVML_FIXTURES / "healthy_h100.json"), check_imports=False, environ={},
+        path=[str(site)], ledger_path=tmp_path / "ledger.json")
+    assert env.ledger == (entry,)
+    verdict = build_report(env, [(name, spec)])["verdicts"][0]
+    assert verdict["chosen"] != "fa4"
+    assert verdict["backends"][0]["reasons"][0]["code"] == "smoke_failed"
+
+
+def test_default_ledger_comes_from_the_environment(site, tmp_path):
+    (tmp_path / "broken.json").write_text("not json")
+    env = gather_environment(nvml=FakeNvml({"init_error": 12}), check_imports=False, path=[str(site)],
+                             environ={"FA4DOCTOR_LEDGER": str(tmp_path / "broken.json")})
+    assert [f.code for f in env.findings if f.code == "ledger_unreadable"] == ["ledger_unreadable"]
+
+
+def test_import_results_land_in_the_snapshot(site, tmp_path):
+    fa4(site)
+    mods = tmp_path / "mods"
+    (mods / "flash_attn" / "cute").mkdir(parents=True)
+    (mods / "flash_attn" / "cute" / "__init__.py").write_text("import cutlass_missing_here\n")
+    gathered = gather(nvml=FakeNvml({"init_error": 12}), environ={"PYTHONPATH": str(mods)}, path=[str(site)],
+                      cache_dir=tmp_path / "cache", ledger_path=tmp_path / "l.json",
+                      import_modules={BackendName.FA4: ("flash_attn.cute",)})
+    install = gathered.env.backend(BackendName.FA4)
+    assert install.import_status is ImportStatus.MISSING_DEPENDENCY and "cutlass_missing_here" in install.import_error
+    assert "import_missing_dependency" in [f.code for f in gathered.env.findings]
+    assert gathered.imports_cached is False and dict(gathered.timings)["imports_seconds"] > 0
