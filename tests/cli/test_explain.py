@@ -65,7 +65,8 @@ def test_flags_reach_the_spec():
 @pytest.mark.parametrize("args, chosen, code", [
     (("--dropout", "0.1"), "sdpa", 3),
     (("--alibi",), "sdpa", 3),
-    (("--mask", "causal", "--seqlen-q", "128", "--seqlen-kv", "512"), "sdpa", 3),
+    (("--mask", "causal", "--seqlen-q", "128", "--seqlen-kv", "512", "--alibi"), "sdpa", 3),
+    (("--mask", "causal", "--seqlen-q", "128", "--seqlen-kv", "512"), "fa4", 0),  # a negative window (b30+)
     (("--mask", "causal", "--seqlen-q", "512", "--seqlen-kv", "128"), "fa4", 0),  # translated to a window
     (("--head-dim", "64", "--heads", "8"), "fa4", 0),
 ])

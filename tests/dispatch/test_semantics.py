@@ -82,7 +82,9 @@ def test_variable_length_top_left_is_refused_unless_every_sequence_is_square():
 def test_causal_alignment_reason(backend, sq, sk, alibi, refused):
     spec = AttentionSpec(seqlen_q=sq, seqlen_kv=sk, attn_mask_type="causal", alibi=alibi)
     found = codes(backend, spec, only(backend))
-    assert (ReasonCode.CAUSAL_ALIGNMENT in found) is refused
+    # The newest FA4 reads a negative window side literally, so seqlen_q < seqlen_kv translates too.
+    literal = backend is BackendName.FA4 and not alibi
+    assert (ReasonCode.CAUSAL_ALIGNMENT in found) is (refused and not literal)
     bottom_right = AttentionSpec(seqlen_q=sq, seqlen_kv=sk, attn_mask_type="causal_bottom_right", alibi=alibi)
     assert ReasonCode.CAUSAL_ALIGNMENT not in codes(backend, bottom_right, only(backend))
 
@@ -96,3 +98,22 @@ def test_a_translation_that_needs_a_window_needs_a_release_with_windows():
 def test_sdpa_takes_top_left_as_it_is():
     spec = AttentionSpec(seqlen_q=128, seqlen_kv=512, attn_mask_type="padding_causal")
     assert codes(BackendName.SDPA, spec, only(BackendName.FA4)) == set()
+
+
+@pytest.mark.parametrize("version, refused", [("4.0.0b29", True), ("4.0.0b30", False), ("4.0.0b36", False)])
+def test_fa4_takes_negative_window_sides_from_b30(version, refused):
+    spec = AttentionSpec(seqlen_q=128, seqlen_kv=512, attn_mask_type="causal", window_size=(64, -1))
+    found = codes(BackendName.FA4, spec, only(BackendName.FA4, version=version))
+    assert (ReasonCode.CAUSAL_ALIGNMENT in found) is refused
+
+
+def test_negative_sides_keep_the_canonical_key_set():
+    spec = AttentionSpec(seqlen_q=5, seqlen_kv=9, attn_mask_type="causal", window_size=(2, -1))
+    mask = fa_mask(spec, negative_sides=True)
+    assert mask == FaMask(causal=False, left=6, right=-4)
+    shift = spec.seqlen_kv - spec.seqlen_q
+    for i in range(spec.seqlen_q):
+        for j in range(spec.seqlen_kv):
+            canonical = i - 2 <= j <= i
+            fa = i + shift - mask.left <= j <= i + shift + mask.right
+            assert canonical == fa, (i, j)

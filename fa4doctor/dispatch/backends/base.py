@@ -65,6 +65,7 @@ class Backend:
     FEATURES: ClassVar[dict[str, str]] = {}
     ARBITRARY_MASK: ClassVar[bool] = False
     BOTTOM_RIGHT_CAUSAL: ClassVar[bool] = True
+    NEGATIVE_WINDOWS_SINCE: ClassVar[str | None] = None  # reads a negative window side literally
     # A smoke failure in the ledger refuses the backend; the last resort only gets an advisory,
     # since refusing it would leave the call with nothing to run on.
     LEDGER_BLOCKS: ClassVar[bool] = True
@@ -194,7 +195,8 @@ class Backend:
         # exactly the same thing (semantics.fa_mask), and never with ALiBi, whose diagonal cannot move.
         where = "per sequence of a variable-length batch" if spec.varlen else \
             f"seqlen_q={spec.seqlen_q}, seqlen_kv={spec.seqlen_kv}"
-        translated = fa_mask(spec)
+        negative = cls.NEGATIVE_WINDOWS_SINCE is not None and cls.has_version(env, cls.NEGATIVE_WINDOWS_SINCE)
+        translated = fa_mask(spec, negative_sides=negative)
         if translated is None or spec.alibi:
             return [Reason(R.CAUSAL_ALIGNMENT, f"top-left {spec.attn_mask_type.value} with {where} cannot be "
                            f"expressed in {cls.NAME.value}'s bottom-right causal convention")]

@@ -27,6 +27,9 @@ class FA4(Backend):
     FWD_ARCH_MAJORS = frozenset({8, 9, 10, 11, 12})  # iface:845
     BWD_ARCH_MAJORS = frozenset({9, 10, 11, 12})  # iface:2288: no SM80 backward (K15)
     EXPERIMENTAL_ARCH_MAJORS = frozenset({8, 12})  # TE #3341 turns SM8x off; K14 for SM12x
+    # b30 (FA PR #2490) reads negative window sides literally, so a top-left causal mask with
+    # seqlen_q < seqlen_kv becomes an exact window (semantics.fa_mask; docs/validation/h100-recon.txt).
+    NEGATIVE_WINDOWS_SINCE = "4.0.0b30"
     DTYPES = frozenset({Dtype.FP16, Dtype.BF16, Dtype.FP8_E4M3, Dtype.FP8_E5M2})  # iface:801
     FEATURES = {
         "softcap": "",  # backward from b9, checked below

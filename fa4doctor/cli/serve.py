@@ -1,0 +1,86 @@
+"""`fa4doctor serve`: the node daemon Prometheus scrapes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+import shlex
+import signal
+import threading
+
+import click
+
+from fa4doctor.cli._common import handle_errors
+from fa4doctor.exporters.daemon import SMOKE_LEVELS
+
+
+@click.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=9847, show_default=True,
+              help="Port (9847: from the exporter range of Prometheus's default port allocations).")
+@click.option("--interval", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
+              help="Seconds between probe cycles (`fa4doctor check --json` in a child process).")
+@click.option("--smoke-interval", type=click.FloatRange(min=1.0), default=21600.0, show_default=True,
+              help="Seconds between smoke cycles; they run only on GPUs with no compute process.")
+@click.option("--smoke-level", type=click.Choice(SMOKE_LEVELS), default="quick", show_default=True,
+              help="Smoke kernel level; `off` never runs a kernel on this node.")
+@click.option("--metrics-dir", type=click.Path(file_okay=False), envvar="FA4DOCTOR_METRICS_DIR",
+              help="Directory the training processes' dispatch counters are written to "
+                   "[env FA4DOCTOR_METRICS_DIR]. Read on every scrape, compacted between.")
+@click.option("--ledger", type=click.Path(dir_okay=False), envvar="FA4DOCTOR_LEDGER",
+              help="Vetting ledger the probe and smoke children use [env FA4DOCTOR_LEDGER].")
+@click.option("--probe-timeout", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
+              help="Seconds before a probe child is killed (its whole process group).")
+@click.option("--smoke-timeout", type=click.FloatRange(min=1.0), default=1800.0, show_default=True,
+              help="Seconds before a smoke child is killed.")
+# Hidden seams for tests and unusual installs: the argv of the children, shell-quoted.
+@click.option("--probe-command", hidden=True, help="argv of the probe child.")
+@click.option("--smoke-command", hidden=True, help="argv of the smoke child.")
+@handle_errors
+def serve(host: str, port: int, interval: float, smoke_interval: float, smoke_level: str,
+          metrics_dir: str | None, ledger: str | None, probe_timeout: float, smoke_timeout: float,
+          probe_command: str | None, smoke_command: str | None) -> None:
+    """Run the node daemon: HTTP /metrics, /healthz, /readyz, /report.json and / on HOST:PORT.
+
+    Probe cycles run every --interval, smoke cycles every --smoke-interval, both in child
+    processes; the daemon itself never imports torch and never creates a CUDA context.
+    SIGTERM or SIGINT stops it cleanly (exit 0). See docs/serve.md.
+
+    \b
+    Example:
+      FA4DOCTOR_METRICS_DIR=/var/lib/fa4doctor/metrics fa4doctor serve --port 9847
+    """
+    from fa4doctor.exporters.collector import Collector
+    from fa4doctor.exporters.daemon import Daemon, ServeConfig
+    from fa4doctor.exporters.server import make_server
+
+    if metrics_dir:
+        try:
+            os.makedirs(metrics_dir, exist_ok=True)
+        except OSError as exc:
+            raise click.BadParameter(f"cannot create {metrics_dir!r}: {exc.strerror or exc}",
+                                     param_hint="--metrics-dir") from None
+    config = ServeConfig(interval=interval, smoke_interval=smoke_interval, smoke_level=smoke_level,
+                         probe_timeout=probe_timeout, smoke_timeout=smoke_timeout,
+                         metrics_dir=metrics_dir, ledger=ledger)
+    commands = {"probe_command": probe_command, "smoke_command": smoke_command}
+    config = replace(config, **{k: tuple(shlex.split(v)) for k, v in commands.items() if v})
+    daemon = Daemon(config)
+    collector = Collector(lambda: daemon.state, metrics_dir=metrics_dir, metrics_lock=daemon.metrics_lock)
+    try:
+        server = make_server(host, port, state=lambda: daemon.state, collector=collector)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                                 param_hint="--host/--port") from None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: daemon.stop())
+    thread = threading.Thread(target=server.serve_forever, name="fa4doctor-http", daemon=True)
+    thread.start()
+    bound_host, bound_port = server.server_address[:2]
+    click.echo(f"fa4doctor serve: listening on http://{bound_host}:{bound_port}/", err=True)
+    try:
+        daemon.run()
+    finally:
+        server.shutdown()
+        server.server_close()
+    click.echo("fa4doctor serve: stopped", err=True)

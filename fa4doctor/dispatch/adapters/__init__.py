@@ -1,0 +1,41 @@
+"""Adapters: the canonical call translated into each backend's own conventions.
+
+Every adapter module has `bind(spec, scale, compute_capability) -> run`, done once per distinct
+call shape, and `run(q, k, v, varlen, alibi_slopes, learnable_sink) -> out` per call; `q, k, v`
+are `bshd`, or `thd` with `varlen` set. A backend module that cannot be imported raises
+`AdapterImportError` from `bind`, which the runtime turns into an `import_failed` reason.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from fa4doctor.dispatch.reasons import BackendName
+
+MODULES = {name: f"fa4doctor.dispatch.adapters.{name.value}" for name in BackendName}
+
+
+class AdapterImportError(ImportError):
+    """The backend's own module failed to import (any exception, not only ImportError: K3)."""
+
+    def __init__(self, backend: BackendName, message: str):
+        self.backend, self.message = backend, message
+        super().__init__(f"{backend.value}: {message}")
+
+
+def adapter(backend: BackendName) -> ModuleType:
+    return importlib.import_module(MODULES[BackendName(backend)])
+
+
+def load_module(backend: BackendName, module: str) -> ModuleType:
+    """Import a backend's module; a broken install becomes `AdapterImportError`, never a crash."""
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 (AttributeError from a stale CuTe tree, K3)
+        raise AdapterImportError(backend, f"import {module} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def unwrap(result):
+    """FA4 returns `(out, lse)`, FA3 did before #1851, FA2 with return_attn_probs: keep `out`."""
+    return result[0] if isinstance(result, (tuple, list)) else result

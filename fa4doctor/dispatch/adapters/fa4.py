@@ -1,0 +1,54 @@
+"""FlashAttention-4 (`flash_attn.cute`), called the one way that means the same on every beta.
+
+- Keywords only: b9 inserted `qv, gather_kv_indices` after `v`, so a positional `softmax_scale`
+  silently became `qv` (backend-rules.md §2.3, K7).
+- An unbounded window side is `None`, never -1: from b30 `window_size=(-1, 0)` masks every key and
+  returns zeros (h100-fa4-measurements.md; §2.7, K6). Plain causal is `causal=True` with no window.
+- `num_splits=1`: any split > 1 asserts below SM100 (iface:1612, 1631; K16).
+- `max_seqlen_*` as Python ints: a tensor recompiles on every step before b26 (K5).
+- Both public functions return `(out, lse)` in every beta (§2.2).
+- `learnable_sink` in bfloat16, the only dtype most betas accept.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fa4doctor.dispatch.adapters import load_module, unwrap
+from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.dispatch.semantics import fa_mask
+from fa4doctor.dispatch.spec import AttentionSpec, SpecError
+
+MODULE = "flash_attn.cute"
+
+
+def fa_window(spec: AttentionSpec, backend: BackendName, negative_sides: bool = False):
+    """The FA `causal` flag and window for `spec`, or a `SpecError` where FA cannot express it."""
+    found = fa_mask(spec, negative_sides=negative_sides)
+    if found is None:
+        raise SpecError("attn_mask_type", f"top-left {spec.attn_mask_type.value} with seqlen_q != seqlen_kv "
+                        f"cannot be expressed in {backend.value}'s bottom-right causal convention")
+    return found
+
+
+def bind(spec: AttentionSpec, scale: float, compute_capability=None):
+    module = load_module(BackendName.FA4, MODULE)
+    # Negative sides only reach FA4 >= b30: the rules refuse top-left masks that need them below
+    # that (backends/fa4.py NEGATIVE_WINDOWS_SINCE); a forced older beta shows up in its smoke run.
+    mask = fa_window(spec, BackendName.FA4, negative_sides=True)
+    # causal=True already hides keys right of the diagonal; the window adds only a left bound.
+    window = (mask.left, None) if mask.causal else (mask.left, mask.right)
+    static = {"softmax_scale": scale, "causal": mask.causal, "window_size": window,
+              "softcap": spec.softcap, "num_splits": 1, "deterministic": spec.deterministic}
+    dense, varlen_func = module.flash_attn_func, module.flash_attn_varlen_func
+
+    def run(q, k, v, varlen=None, alibi_slopes=None, learnable_sink=None):
+        # FA4 asserts "learnable_sink must be bfloat16" (interface.py input checks, b26-b36); the
+        # cast is differentiable, so the caller's sink keeps its dtype and gets its gradient.
+        extra = {} if learnable_sink is None else {"learnable_sink": learnable_sink.to(torch.bfloat16)}
+        if varlen is None:
+            return unwrap(dense(q=q, k=k, v=v, **static, **extra))
+        return unwrap(varlen_func(q=q, k=k, v=v, cu_seqlens_q=varlen.cu_seqlens_q,
+                                  cu_seqlens_k=varlen.cu_seqlens_kv, max_seqlen_q=int(varlen.max_seqlen_q),
+                                  max_seqlen_k=int(varlen.max_seqlen_kv), **static, **extra))
+    return run

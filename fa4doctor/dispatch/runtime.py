@@ -1,0 +1,202 @@
+"""`attention()`: the call training and inference code makes instead of calling a backend.
+
+The first call of each distinct shape validates the inputs, builds the `AttentionSpec`, asks
+`select()` (the same rules `fa4doctor check` and `explain` use), binds the chosen backend's adapter
+and logs the decision once; later calls with the same key only count and run. The key holds
+everything validated (shapes, dtypes, devices, grad flags, every keyword, the policy variables),
+so a call that differs in anything is validated again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from fa4doctor.dispatch import inputs, local_env, metrics
+from fa4doctor.dispatch.adapters import AdapterImportError, adapter
+from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_STRICT, Policy
+from fa4doctor.dispatch.reasons import BackendName, Decision
+from fa4doctor.dispatch.select import select
+from fa4doctor.dispatch.spec import AttentionSpec
+
+log = logging.getLogger("fa4doctor.dispatch")
+_MAX_PLANS = 4096
+_POLICY_VARS = (ENV_BACKEND, ENV_DISABLE, ENV_STRICT)
+# os.environ.get costs ~0.7 us (it encodes the key); CPython keeps the encoded mapping in
+# `os.environ._data` (Lib/os.py `_Environ`), which stays in step with os.environ writes.
+_ENV_DATA = getattr(os.environ, "_data", None)
+_ENV_KEYS = tuple(os.environ.encodekey(name) for name in _POLICY_VARS) if _ENV_DATA is not None else ()
+_clock = time.monotonic
+_grad_enabled = torch.is_grad_enabled
+
+
+@dataclass(slots=True)
+class Plan:
+    spec: AttentionSpec
+    scale: float
+    decision: Decision | None
+    run: Callable[..., torch.Tensor]
+    tally: metrics.Tally | None
+    counters: metrics.DispatchCounters | None
+
+
+_plans: dict[Any, Plan] = {}
+_policies: dict[tuple, Policy] = {}
+_logged: set[Decision] = set()
+
+
+def _raw_policy() -> tuple:
+    if _ENV_DATA is not None:
+        data = _ENV_DATA
+        return (data.get(_ENV_KEYS[0]), data.get(_ENV_KEYS[1]), data.get(_ENV_KEYS[2]))
+    return tuple(os.environ.get(name) for name in _POLICY_VARS)
+
+
+def _policy(raw: tuple) -> Policy:
+    policy = _policies.get(raw)
+    if policy is None:
+        policy = _policies[raw] = Policy.from_env()
+    return policy
+
+
+def _tensor_key(t: Any) -> Any:
+    return (t.shape, t.dtype, t.device, t.requires_grad)
+
+
+def _pack(q, k, v, varlen: inputs.Varlen):
+    """Padded bshd -> packed thd (the valid tokens only), and the indices to scatter back."""
+    def rows(t, lens):
+        index = torch.cat([torch.arange(b * t.shape[1], b * t.shape[1] + n, device=t.device)
+                           for b, n in enumerate(lens)])
+        return t.reshape(-1, *t.shape[2:]).index_select(0, index), index
+    (q2, iq), (k2, ik) = rows(q, varlen.lens_q), rows(k, varlen.lens_kv)
+    return q2, k2, v.reshape(-1, *v.shape[2:]).index_select(0, ik), iq
+
+
+def _execute(run, q, k, v, varlen, alibi_slopes, learnable_sink) -> torch.Tensor:
+    if varlen is None or not varlen.packed:
+        return run(q, k, v, varlen, alibi_slopes, learnable_sink)
+    q2, k2, v2, index = _pack(q, k, v, varlen)
+    out = run(q2, k2, v2, varlen, alibi_slopes, learnable_sink)
+    full = out.new_zeros(q.shape[0] * q.shape[1], *out.shape[1:]).index_copy(0, index, out)
+    return full.view(*q.shape[:2], *out.shape[1:])
+
+
+def _bind(prepared: inputs.Prepared, env, backend: BackendName):
+    gpu = env.gpu(prepared.gpu) if prepared.gpu is not None else None
+    return adapter(backend).bind(prepared.spec, prepared.scale, gpu.compute_capability if gpu else None)
+
+
+def _log_once(decision: Decision, spec: AttentionSpec) -> None:
+    if decision in _logged:
+        return
+    _logged.add(decision)
+    if decision.fell_back:
+        why = "; ".join(str(r) for r in decision.reasons_for(decision.preferred))
+        log.info("fa4doctor: %s runs on %s; %s not used: %s", spec.short(), decision.chosen.value,
+                 decision.preferred.value, why)
+    else:
+        log.info("fa4doctor: %s runs on %s", spec.short(), decision.chosen.value)
+
+
+def _new_plan(prepared: inputs.Prepared, raw_policy: tuple) -> Plan:
+    spec, policy = prepared.spec, _policy(raw_policy)
+    env = local_env.environment(need_gpus=spec.on_cuda)
+    for _ in BackendName:  # each round can only rule out one more backend
+        decision = select(spec, env, policy, prepared.gpu or 0)
+        try:
+            run = _bind(prepared, env, decision.chosen)
+            break
+        except AdapterImportError as exc:
+            log.warning("fa4doctor: %s; deciding again without it", exc)
+            env = local_env.record_import_failure(exc.backend, exc.message)
+            _plans.clear()
+    _log_once(decision, spec)
+    counters = metrics.counters()
+    fallback = None
+    if decision.fell_back:
+        code = decision.fallback_code
+        fallback = (decision.preferred.value, decision.chosen.value, code.value if code else "unknown")
+    return Plan(spec, prepared.scale, decision, run, counters.tally(decision.chosen.value, fallback), counters)
+
+
+def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_scale=None, dropout_p=0.0,
+              softcap=0.0, alibi_slopes=None, learnable_sink=None, deterministic=False, qkv_format="bshd",
+              cu_seqlens_q=None, cu_seqlens_kv=None, max_seqlen_q=None, max_seqlen_kv=None):
+    """Attention over `bshd` tensors (or `thd` with `cu_seqlens_*`), run by the vetted backend.
+
+    Masks mean what TransformerEngine's do (`causal` is top-left); `window_size=(left, right)`
+    uses -1 for an unbounded side. Returns `(batch, seq_q, heads, head_dim_v)`.
+
+    >>> import torch
+    >>> q = k = v = torch.randn(1, 4, 2, 8)
+    >>> attention(q, k, v, attn_mask_type="causal").shape
+    torch.Size([1, 4, 2, 8])
+    """
+    raw = _raw_policy()
+    try:
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+               q.requires_grad, k.requires_grad, v.requires_grad, _grad_enabled(), attn_mask_type,
+               window_size, softmax_scale, dropout_p, softcap, deterministic, qkv_format, raw,
+               None if alibi_slopes is None else _tensor_key(alibi_slopes),
+               None if learnable_sink is None else _tensor_key(learnable_sink))
+        varlen = None
+        if cu_seqlens_q is not None or cu_seqlens_kv is not None or max_seqlen_q is not None \
+                or max_seqlen_kv is not None or qkv_format != "bshd":
+            varlen = inputs.read_varlen(q, k, qkv_format, attn_mask_type, cu_seqlens_q, cu_seqlens_kv,
+                                        max_seqlen_q, max_seqlen_kv)
+            key = (key, varlen.summary if varlen else None, max_seqlen_q, max_seqlen_kv)
+        plan = _plans.get(key)
+    except (AttributeError, TypeError):
+        key, plan = None, None  # not tensors, or unhashable arguments: the slow path says what is wrong
+    if plan is None:
+        prepared = inputs.prepare(q, k, v, attn_mask_type=attn_mask_type, window_size=window_size,
+                                  softmax_scale=softmax_scale, dropout_p=dropout_p, softcap=softcap,
+                                  alibi_slopes=alibi_slopes, learnable_sink=learnable_sink,
+                                  deterministic=deterministic, qkv_format=qkv_format,
+                                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_kv=cu_seqlens_kv,
+                                  max_seqlen_q=max_seqlen_q, max_seqlen_kv=max_seqlen_kv)
+        varlen = prepared.varlen
+        plan = _new_plan(prepared, raw)
+        if key is not None:
+            if len(_plans) >= _MAX_PLANS:
+                _plans.clear()
+            _plans[key] = plan
+    plan.tally.n += 1
+    if _clock() >= plan.counters.deadline:
+        plan.counters.flush()
+    if varlen is None:
+        return plan.run(q, k, v, None, alibi_slopes, learnable_sink)
+    return _execute(plan.run, q, k, v, varlen, alibi_slopes, learnable_sink)
+
+
+def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:
+    """Run exactly `backend` through its adapter: inputs validated, no selection, no ledger, no counting.
+
+    The backend's own exceptions come through (the smoke kernels classify them).
+
+    >>> import torch
+    >>> q = k = v = torch.randn(1, 4, 2, 8)
+    >>> call_backend("sdpa", q, k, v, attn_mask_type="causal_bottom_right").shape
+    torch.Size([1, 4, 2, 8])
+    """
+    name = BackendName.parse(backend, "backend")
+    prepared = inputs.prepare(q, k, v, **kwargs)
+    capability = None
+    if prepared.gpu is not None:
+        capability = tuple(torch.cuda.get_device_capability(prepared.gpu))
+    run = adapter(name).bind(prepared.spec, prepared.scale, capability)
+    return _execute(run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
+
+
+def reset() -> None:
+    """Forget plans, logged decisions, the cached policy and environment (tests; after installs)."""
+    _plans.clear()
+    _policies.clear()
+    _logged.clear()
+    local_env.reset()

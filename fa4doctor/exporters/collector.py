@@ -1,0 +1,173 @@
+"""One Prometheus collector over the daemon's latest snapshot.
+
+It yields, in this order: the probe's families (`metrics_env.environment_families(check)`), the
+smoke families (`metrics_smoke.smoke_families(smoke)`), the daemon's own health, and the dispatch
+counters summed from the metrics directory. The report families are built once per new report,
+not per scrape; only the metrics directory is read on every scrape. A family name that appears
+twice is kept once (the first), so one faulty renderer can never make the scrape invalid.
+
+>>> from prometheus_client import CollectorRegistry
+>>> from fa4doctor.exporters.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
+>>> registry = CollectorRegistry()
+>>> registry.register(Collector(lambda: DaemonState(probe_up=True)))
+>>> registry.get_sample_value("fa4doctor_probe_up")
+1.0
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from contextlib import nullcontext
+from typing import Any, Callable, Iterator
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from fa4doctor.exporters import multiproc
+from fa4doctor.exporters.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
+
+# (module, function, state attribute): the renderers engineers of the probe and smoke own.
+RENDERERS = (
+    ("fa4doctor.exporters.metrics_env", "environment_families", "check"),
+    ("fa4doctor.exporters.metrics_smoke", "smoke_families", "smoke"),
+)
+
+
+def _import_renderer(module: str, function: str) -> Callable[[dict], list[Metric]] | None:
+    try:
+        return getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError):
+        return None
+
+
+class Collector:
+    """`collect()` renders `state()`; `metrics_dir` (optional) is summed on every scrape.
+
+    Seams: `renderers` maps a state attribute to a function `dict -> list[Metric]`
+    (production default: the probe's and smoke's metric modules, imported when present).
+    """
+
+    def __init__(self, state: Callable[[], DaemonState], *, metrics_dir: str | None = None,
+                 metrics_lock: threading.Lock | None = None,
+                 renderers: dict[str, Callable[[dict], list[Metric]] | None] | None = None):
+        self._state = state
+        self._reader = multiproc.CounterReader(metrics_dir) if metrics_dir else None
+        self._metrics_lock = metrics_lock
+        if renderers is None:
+            renderers = {attr: _import_renderer(mod, fn) for mod, fn, attr in RENDERERS}
+        self._renderers = renderers
+        self._cache: dict[str, tuple[dict, list[Metric], bool]] = {}
+        self._cache_lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._state()
+        seen: set[str] = set()
+        rendered: dict[str, bool] = {}
+        families: list[Metric] = []
+        for attr, render in self._renderers.items():
+            report_families, rendered[attr] = self._render(attr, render, getattr(state, attr))
+            families.extend(report_families)
+        families.extend(health_families(state, rendered))
+        families.extend(self._dispatch_families())
+        for family in families:
+            if family.name not in seen:
+                seen.add(family.name)
+                yield family
+
+    def _render(self, attr: str, render: Any, report: dict | None) -> tuple[list[Metric], bool]:
+        if report is None or render is None:
+            return [], False
+        with self._cache_lock:
+            cached = self._cache.get(attr)
+            if cached and cached[0] is report:  # a new report is a new dict object
+                return cached[1], cached[2]
+            try:
+                families, ok = list(render(report)), True
+            except Exception:  # noqa: BLE001  a renderer bug must not take /metrics down
+                families, ok = [], False
+            self._cache[attr] = (report, families, ok)
+            return families, ok
+
+    def _dispatch_families(self) -> list[Metric]:
+        if self._reader is None:
+            return multiproc.empty_dispatch_families()  # "avoid missing metrics" (writing_exporters.md)
+        with self._metrics_lock or nullcontext():
+            snapshot = self._reader.read()
+        files = GaugeMetricFamily("fa4doctor_metrics_dir_files",
+                                  "Files in the dispatch metrics directory, by state (writer: "
+                                  "one process's counters, archive, ignored foreign file, "
+                                  "corrupt).", labels=["state"])
+        for name, count in sorted(snapshot.files.items()):
+            files.add_metric([name], count)
+        dropped = GaugeMetricFamily("fa4doctor_metrics_dir_foreign_samples",
+                                    "Samples in the metrics directory that are not fa4doctor "
+                                    "dispatch counters (skipped).", value=snapshot.samples_dropped)
+        return [*snapshot.families, files, dropped]
+
+
+def health_families(state: DaemonState, rendered: dict[str, bool] | None = None) -> list[Metric]:
+    """The daemon's own health: probe, smoke scheduling, NVML poll, metrics-dir compaction."""
+    out: list[Metric] = [
+        _gauge("fa4doctor_probe_up", "1 if the last probe cycle produced a valid report.", state.probe_up),
+        _gauge("fa4doctor_serve_ready", "1 once the first probe cycle has finished.", state.ready),
+        _gauge("fa4doctor_serve_start_time_seconds", "When the daemon started (Unix time).", state.started),
+        _counter("fa4doctor_probe_cycles", "Probe cycles run.", state.probe_cycles),
+        _by_label(CounterMetricFamily, "fa4doctor_probe_failures",
+                  "Probe cycles without a valid report, by outcome.", "outcome", state.probe_failures,
+                  FAILURE_OUTCOMES),
+        _gauge("fa4doctor_nvml_poll_up", "1 if the daemon's last in-process NVML poll succeeded.",
+               state.nvml_up),
+        _counter("fa4doctor_nvml_poll_failures", "In-process NVML polls that failed.",
+                 state.nvml_poll_failures),
+        _counter("fa4doctor_serve_smoke_runs", "Smoke child processes started.", state.smoke_runs),
+        _by_label(CounterMetricFamily, "fa4doctor_serve_smoke_failures",
+                  "Smoke children without a valid report, by outcome.", "outcome", state.smoke_failures,
+                  FAILURE_OUTCOMES),
+        _by_label(CounterMetricFamily, "fa4doctor_serve_smoke_skips",
+                  "Smoke cycles skipped, by why (gpus_busy, nvml_unavailable, no_gpu).", "reason",
+                  state.smoke_skips, SKIP_REASONS),
+        _counter("fa4doctor_metrics_dir_compacted_files", "Dead writers' files merged into the archive.",
+                 state.compacted_files),
+        _counter("fa4doctor_metrics_dir_compaction_failures", "Compactions that could not write.",
+                 state.compaction_failures),
+    ]
+    optional = (
+        ("fa4doctor_probe_last_success_timestamp_seconds", "When the last valid probe report arrived.",
+         state.probe_last_success),
+        ("fa4doctor_serve_probe_child_seconds", "How long the last probe child process ran.",
+         state.probe_last_seconds),
+        ("fa4doctor_serve_smoke_last_success_timestamp_seconds",
+         "When the last valid smoke report arrived.", state.smoke_last_success),
+    )
+    out += [_gauge(name, doc, value) for name, doc, value in optional if value is not None]
+    processes = GaugeMetricFamily("fa4doctor_gpu_compute_processes",
+                                  "Compute processes NVML lists on the GPU (smoke kernels run only at 0).",
+                                  labels=["gpu", "UUID"])
+    for gpu in state.gpus:
+        if gpu.compute_processes is not None:
+            processes.add_metric([str(gpu.nvml_index), gpu.uuid or ""], gpu.compute_processes)
+    out.append(processes)
+    if rendered is not None:
+        ok = GaugeMetricFamily("fa4doctor_serve_report_rendered",
+                               "1 if the latest report of this kind rendered into metrics.",
+                               labels=["report"])
+        for name, value in sorted(rendered.items()):
+            ok.add_metric([name], value)
+        out.append(ok)
+    return out
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=float(value))
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=float(value))
+
+
+def _by_label(kind: type, name: str, doc: str, label: str, pairs: tuple,
+              known: tuple[str, ...]) -> Metric:
+    family = kind(name, doc, labels=[label])
+    for key, value in sorted((dict.fromkeys(known, 0) | dict(pairs)).items()):
+        family.add_metric([key], float(value))
+    return family

@@ -1,0 +1,316 @@
+"""The node daemon's loop: probe and smoke cycles in child processes, NVML polled in-process.
+
+The daemon never imports torch or an attention library and never creates a CUDA context: the
+probe (`python -m fa4doctor check --json`) and the smoke kernels (`... smoke --json`) run as child
+processes in their own session, killed with their whole process group at their timeout. Smoke
+kernels run only on GPUs where NVML lists no compute process, and see only those GPUs (their UUIDs
+in `CUDA_VISIBLE_DEVICES`, so NVML and CUDA numbering never have to agree; ecosystem-anchors §4.5).
+
+>>> config = ServeConfig(smoke_level="off")
+>>> Daemon(config, nvml_factory=lambda: None).state.ready
+False
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+from fa4doctor.exporters import compaction, multiproc
+
+# "off" plus the levels of `fa4doctor smoke` (fa4doctor/probe/smoke/cases.py LEVELS; a test keeps them equal)
+SMOKE_LEVELS = ("off", "quick", "standard", "thorough")
+
+
+# Closed label values of the daemon's own counters; every one is exported, zeros included.
+FAILURE_OUTCOMES = ("failed", "crash", "timeout", "bad_output", "spawn_failed")
+SKIP_REASONS = ("gpus_busy", "nvml_unavailable", "no_gpu")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """How the daemon runs. Commands are argv lists (a seam: tests run small Python scripts)."""
+
+    interval: float = 60.0
+    smoke_interval: float = 6 * 3600.0
+    smoke_level: str = "quick"
+    probe_timeout: float = 120.0
+    smoke_timeout: float = 1800.0
+    metrics_dir: str | None = None
+    ledger: str | None = None
+    compact_interval: float = 60.0
+    compact_grace: float = multiproc.DEFAULT_GRACE_SECONDS
+    probe_command: tuple[str, ...] = (sys.executable, "-m", "fa4doctor", "check", "--json")
+    smoke_command: tuple[str, ...] = (sys.executable, "-m", "fa4doctor", "smoke", "--json")
+
+    def __post_init__(self) -> None:
+        if self.smoke_level not in SMOKE_LEVELS:
+            raise ValueError(f"smoke_level: {self.smoke_level!r} (valid: {', '.join(SMOKE_LEVELS)})")
+        for name in ("interval", "smoke_interval", "probe_timeout", "smoke_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChildResult:
+    """How one child went: `outcome` is ok, failed (bad exit), crash (signal), timeout,
+    bad_output (not the expected JSON) or spawn_failed; these are label values."""
+
+    outcome: str
+    payload: dict | None = None
+    exit_code: int | None = None
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuLoad:
+    nvml_index: int
+    uuid: str | None
+    compute_processes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonState:
+    """The latest snapshot the collector and the HTTP routes read (replaced whole, never mutated)."""
+
+    started: float = field(default_factory=time.time)
+    ready: bool = False
+    check: dict | None = None
+    smoke: dict | None = None
+    probe_up: bool = False
+    probe_last_success: float | None = None
+    probe_last_seconds: float | None = None
+    probe_cycles: int = 0
+    probe_failures: tuple[tuple[str, int], ...] = ()
+    smoke_runs: int = 0
+    smoke_failures: tuple[tuple[str, int], ...] = ()
+    smoke_skips: tuple[tuple[str, int], ...] = ()
+    smoke_last_success: float | None = None
+    nvml_up: bool = False
+    nvml_polls: int = 0
+    nvml_poll_failures: int = 0
+    gpus: tuple[GpuLoad, ...] = ()
+    compactions: int = 0
+    compacted_files: int = 0
+    compaction_failures: int = 0
+
+
+def run_child(argv: Sequence[str], *, timeout: float, schema: str, env: dict[str, str] | None = None,
+              started: Callable[[subprocess.Popen], None] = lambda proc: None) -> ChildResult:
+    """Run one child, kill its process group at `timeout`, and parse its JSON report."""
+    begin = time.monotonic()
+    try:
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    except OSError as exc:
+        return ChildResult("spawn_failed", detail=f"{type(exc).__name__}: {exc}")
+    started(proc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        proc.communicate()
+        return ChildResult("timeout", seconds=time.monotonic() - begin,
+                           detail=f"killed after {timeout:g} s")
+    seconds = time.monotonic() - begin
+    tail = err.decode(errors="replace")[-2000:]
+    if proc.returncode < 0:
+        return ChildResult("crash", exit_code=proc.returncode, seconds=seconds, detail=tail)
+    # exit 3 is a report of problems, still a valid report (promtool convention, DESIGN.md)
+    if proc.returncode not in (0, 3):
+        return ChildResult("failed", exit_code=proc.returncode, seconds=seconds, detail=tail)
+    try:
+        payload = json.loads(out)
+    except ValueError as exc:
+        return ChildResult("bad_output", exit_code=proc.returncode, seconds=seconds, detail=str(exc))
+    if not isinstance(payload, dict) or payload.get("schema") != schema:
+        return ChildResult("bad_output", exit_code=proc.returncode, seconds=seconds,
+                           detail=f"expected schema {schema!r}")
+    return ChildResult("ok", payload=payload, exit_code=proc.returncode, seconds=seconds)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own session: this is only ours
+    except ProcessLookupError:
+        pass
+
+
+def poll_gpus(nvml: Any) -> tuple[GpuLoad, ...]:
+    """Compute processes per GPU through the probe's NVML seam (`fa4doctor.probe.nvml`)."""
+    loads = []
+    for index in range(nvml.call("nvmlDeviceGetCount")):
+        handle = nvml.call("nvmlDeviceGetHandleByIndex", index)
+        uuid = nvml.call("nvmlDeviceGetUUID", handle)
+        try:
+            processes = int(nvml.call("nvmlDeviceGetComputeRunningProcesses", handle))
+        except Exception:  # noqa: BLE001  unknown load: treated as busy by the smoke scheduler
+            processes = None
+        loads.append(GpuLoad(index, uuid, processes))
+    return tuple(loads)
+
+
+def _default_nvml() -> Any:
+    from fa4doctor.probe.nvml import PynvmlSource  # imports pynvml only: no CUDA context
+
+    return PynvmlSource()
+
+
+def _bump(pairs: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int], ...]:
+    counts = dict(pairs)
+    counts[key] = counts.get(key, 0) + 1
+    return tuple(sorted(counts.items()))
+
+
+class Daemon:
+    """Runs cycles until `stop()`; `state` is always the latest complete snapshot."""
+
+    def __init__(self, config: ServeConfig, *, nvml_factory: Callable[[], Any] = _default_nvml,
+                 environ: dict[str, str] | None = None, clock: Callable[[], float] = time.time):
+        self.config = config
+        self.state = DaemonState(started=clock())
+        self.metrics_lock = threading.Lock()  # compaction vs. scrapes of the metrics directory
+        self._nvml_factory = nvml_factory
+        self._nvml: Any = None
+        self._environ = dict(os.environ if environ is None else environ)
+        self._clock = clock
+        self._stop = threading.Event()
+        self._children: set[subprocess.Popen] = set()
+        self._update_lock = threading.Lock()
+
+    # -- state ---------------------------------------------------------------------------------
+    def _update(self, **changes: Any) -> None:
+        with self._update_lock:
+            self.state = replace(self.state, **changes)
+
+    def child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = dict(self._environ)
+        if self.config.ledger:
+            env["FA4DOCTOR_LEDGER"] = self.config.ledger
+        # a probe child that runs the dispatcher must not count into the node's totals
+        env.pop(multiproc.ENV_METRICS_DIR, None)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        return env | (extra or {})
+
+    def _run(self, argv: Sequence[str], timeout: float, schema: str, env: dict[str, str]) -> ChildResult:
+        def track(proc: subprocess.Popen) -> None:
+            self._children.add(proc)
+            if self._stop.is_set():
+                _kill_group(proc)
+
+        try:
+            return run_child(argv, timeout=timeout, schema=schema, env=env, started=track)
+        finally:
+            self._children = {p for p in self._children if p.poll() is None}
+
+    # -- cycles --------------------------------------------------------------------------------
+    def probe_once(self) -> ChildResult:
+        result = self._run(self.config.probe_command, self.config.probe_timeout,
+                           "fa4doctor.check", self.child_env())
+        s = self.state
+        if result.outcome == "ok":
+            self._update(check=result.payload, probe_up=True, probe_last_success=self._clock(),
+                         probe_last_seconds=result.seconds, probe_cycles=s.probe_cycles + 1, ready=True)
+        else:
+            self._update(probe_up=False, probe_last_seconds=result.seconds, ready=True,
+                         probe_cycles=s.probe_cycles + 1,
+                         probe_failures=_bump(s.probe_failures, result.outcome))
+        return result
+
+    def poll_nvml(self) -> tuple[GpuLoad, ...] | None:
+        try:
+            if self._nvml is None:
+                nvml = self._nvml_factory()
+                if nvml is None:
+                    raise RuntimeError("no NVML source")
+                nvml.init()
+                self._nvml = nvml
+            gpus = poll_gpus(self._nvml)
+        except Exception:  # noqa: BLE001  missing or broken NVML is a state to report, not a crash
+            self._nvml = None  # re-initialise on the next poll: the driver may come back
+            self._update(nvml_up=False, gpus=(), nvml_polls=self.state.nvml_polls + 1,
+                         nvml_poll_failures=self.state.nvml_poll_failures + 1)
+            return None
+        self._update(nvml_up=True, gpus=gpus, nvml_polls=self.state.nvml_polls + 1)
+        return gpus
+
+    def smoke_once(self) -> ChildResult | None:
+        """Smoke kernels on the idle GPUs only; returns None when skipped (and counts why)."""
+        if self.config.smoke_level == "off":
+            return None
+        gpus = self.poll_nvml()
+        idle = [g.uuid for g in gpus or () if g.compute_processes == 0 and g.uuid]
+        if not idle:
+            reason = "nvml_unavailable" if gpus is None else "gpus_busy" if gpus else "no_gpu"
+            self._update(smoke_skips=_bump(self.state.smoke_skips, reason))
+            return None
+        env = self.child_env({"CUDA_VISIBLE_DEVICES": ",".join(idle)})
+        argv = (*self.config.smoke_command, "--level", self.config.smoke_level)
+        result = self._run(argv, self.config.smoke_timeout, "fa4doctor.smoke", env)
+        s = self.state
+        if result.outcome == "ok":
+            self._update(smoke=result.payload, smoke_runs=s.smoke_runs + 1,
+                         smoke_last_success=self._clock())
+        else:
+            self._update(smoke_runs=s.smoke_runs + 1,
+                         smoke_failures=_bump(s.smoke_failures, result.outcome))
+        return result
+
+    def compact_once(self) -> None:
+        if not self.config.metrics_dir:
+            return
+        try:
+            with self.metrics_lock:
+                done = compaction.compact(self.config.metrics_dir, grace_seconds=self.config.compact_grace)
+        except Exception as exc:  # noqa: BLE001  a directory we cannot tidy must not stop the daemon
+            done = compaction.Compaction(error=f"{type(exc).__name__}: {exc}")
+        s = self.state
+        self._update(compactions=s.compactions + 1, compacted_files=s.compacted_files + done.absorbed,
+                     compaction_failures=s.compaction_failures + (done.error is not None))
+
+    def run(self) -> None:
+        """Loop until `stop()`: probe every `interval`, smoke every `smoke_interval` after the
+        first probe, compact the metrics directory every `compact_interval`."""
+        due = {"probe": 0.0, "smoke": None, "compact": 0.0}
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= due["probe"]:
+                self.poll_nvml()
+                self.probe_once()
+                due["probe"] = time.monotonic() + self.config.interval
+                if due["smoke"] is None:
+                    due["smoke"] = time.monotonic()
+            if not self._stop.is_set() and due["smoke"] is not None and time.monotonic() >= due["smoke"]:
+                self.smoke_once()
+                due["smoke"] = time.monotonic() + self.config.smoke_interval
+            if time.monotonic() >= due["compact"]:
+                self.compact_once()
+                due["compact"] = time.monotonic() + self.config.compact_interval
+            wake = min(v for v in due.values() if v is not None)
+            self._stop.wait(max(0.0, wake - time.monotonic()))
+        self._shutdown_nvml()
+
+    def stop(self) -> None:
+        """Ask the loop to end and kill any running child's process group (signal-handler safe)."""
+        self._stop.set()
+        for proc in list(self._children):
+            _kill_group(proc)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _shutdown_nvml(self) -> None:
+        if self._nvml is not None:
+            try:
+                self._nvml.shutdown()
+            except Exception:  # noqa: BLE001
+                pass

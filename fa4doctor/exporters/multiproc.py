@@ -1,0 +1,285 @@
+"""The dispatch counters of every process on the node, summed from `FA4DOCTOR_METRICS_DIR`.
+
+Training processes write `counter_<pid>-<8 hex>.db` files (prometheus-client's multiprocess mmap
+format) and hold `flock(LOCK_SH)` on them while alive. The daemon reads the directory on every
+scrape (`CounterReader`) and, between scrapes, compacts it (`compaction.py`: files whose writer
+died are summed into one archive file and removed, so totals stay monotonic across restarts).
+
+Layout: the root and its immediate subdirectories are read (one subdirectory per container, so
+pid namespaces never share a directory, see docs/serve.md); deeper levels are ignored. The archive
+lives in the root. Corrupt files, files of other metric types, foreign metric names and label
+values outside the closed enums are skipped and counted, never raised.
+
+>>> import tempfile
+>>> read_dispatch_counters(tempfile.mkdtemp()).files["writer"]
+0
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import mmap
+import os
+import struct
+import threading
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
+
+from fa4doctor.dispatch.reasons import BackendName, ReasonCode
+
+ENV_METRICS_DIR = "FA4DOCTOR_METRICS_DIR"
+ARCHIVE_NAME = "counter_fa4doctor-archive.db"
+# A key the archive carries for each file it absorbed, so a crash between writing the archive and
+# unlinking the files never counts them twice (readers skip listed files, compaction unlinks them).
+ABSORBED = "fa4doctor_archive_absorbed"
+# A writer creates its file and then locks it; a file younger than this may be unlocked only
+# because its writer has not reached flock() yet.
+DEFAULT_GRACE_SECONDS = 30.0
+
+# What reading a corrupt, truncated or half-created file can raise.
+UNREADABLE = (OSError, ValueError, RuntimeError, UnicodeDecodeError, TypeError, struct.error)
+_BACKENDS = frozenset(b.value for b in BackendName)
+_REASONS = frozenset(r.value for r in ReasonCode)
+# family -> (help, label names, allowed values per label): the closed set this daemon re-exports.
+FAMILIES = {
+    "fa4doctor_dispatch_calls": (
+        "Attention calls run, by the backend that ran them, summed over the node's processes.",
+        ("backend",), (_BACKENDS,)),
+    "fa4doctor_dispatch_fallbacks": (
+        "Attention calls that did not run on the preferred backend, by why not.",
+        ("preferred", "selected", "reason"), (_BACKENDS, _BACKENDS, _REASONS)),
+}
+FILE_STATES = ("writer", "archive", "ignored", "corrupt")
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSnapshot:
+    """Summed counters plus what the directory held: `files[state]` counts writer (or live and
+    dead) / archive / ignored / corrupt files; `samples_dropped` counts foreign samples."""
+
+    families: tuple[Metric, ...] = ()
+    files: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILE_STATES, 0))
+    samples_dropped: int = 0
+
+
+def _entries(root: Path) -> list[tuple[str, str, int]]:
+    """(path, path relative to root, inode) of `*.db` in the root and its immediate subdirectories."""
+    found: list[tuple[str, str, int]] = []
+    try:
+        top = list(os.scandir(root))
+    except OSError:
+        return found
+    for entry in top:
+        if entry.name.endswith(".db"):
+            found.append((entry.path, entry.name, entry.inode()))
+        elif entry.is_dir(follow_symlinks=False):
+            try:
+                found.extend((e.path, f"{entry.name}/{e.name}", e.inode())
+                             for e in os.scandir(entry.path) if e.name.endswith(".db"))
+            except OSError:  # removed while we listed it
+                continue
+    return sorted(found)
+
+
+def counter_files(root: str | os.PathLike) -> list[Path]:
+    """`*.db` files in the root and its immediate subdirectories (one per container)."""
+    return [Path(path) for path, _rel, _inode in _entries(Path(root))]
+
+
+def read_values(path: Path) -> list[tuple[str, str, dict, float]]:
+    """(family, sample name, labels, value) of one file; raises on anything malformed."""
+    rows = []
+    for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):
+        family, name, labels, _help = json.loads(key)
+        if not (isinstance(family, str) and isinstance(name, str) and isinstance(labels, dict)):
+            raise ValueError(f"{path}: malformed key {key!r}")
+        rows.append((family, name, labels, float(value)))
+    return rows
+
+
+def writer_alive(path: Path) -> bool:
+    """True while some process holds a lock on the file (its writer's LOCK_SH)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our lock
+    return False
+
+
+def wanted(family: str, name: str, labels: dict) -> bool:
+    spec = FAMILIES.get(family.removesuffix("_total"))
+    if spec is None or name != family.removesuffix("_total") + "_total":
+        return False
+    names, allowed = spec[1], spec[2]
+    return (tuple(sorted(labels)) == tuple(sorted(names))
+            and all(labels[n] in values for n, values in zip(names, allowed)))
+
+
+_INT = struct.Struct("i")
+_DOUBLE = struct.Struct("d")
+
+
+def parse_values(data: bytes) -> list[tuple[str, float]]:
+    """(key, value) pairs of one file in prometheus-client's mmap format (documented on its
+    `MmapedDict`: a 4-byte used length, 4 bytes padding, then entries of a 4-byte key length, the
+    UTF-8 key padded to 8-byte alignment, a double value and a double timestamp)."""
+    used = _INT.unpack_from(data, 0)[0]
+    if used > len(data):
+        raise ValueError(f"file says {used} bytes are used but holds {len(data)}")
+    pairs, pos = [], 8
+    while pos < used:
+        length = _INT.unpack_from(data, pos)[0]
+        if length < 0 or pos + 4 + length + 16 > used:
+            raise ValueError("entry runs past the used length: corrupt")
+        key = data[pos + 4:pos + 4 + length].decode("utf-8")
+        pos += 4 + length + (8 - (length + 4) % 8)
+        pairs.append((key, _DOUBLE.unpack_from(data, pos)[0]))
+        pos += 16
+    return pairs
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(mmap.PAGESIZE)
+        used = _INT.unpack_from(data, 0)[0]
+        return data + f.read(max(0, used - len(data)))
+
+
+class CounterReader:
+    """Reads one metrics directory, scrape after scrape.
+
+    Each file stays open between scrapes and is read with one `pread` (open/read/close of 64
+    files was most of a scrape, bench/scrape.py); a replaced file (new inode) is reopened, a
+    removed one closed. Keys are parsed once (`_keys`, bounded). Counters are summed across files
+    exactly as prometheus-client's `MultiProcessCollector.merge` sums counters, in one pass that
+    also validates each file: merge would read and parse every file a second time.
+    """
+
+    MAX_OPEN = 1024  # beyond this many files, read the rest without keeping them open
+    MAX_KEYS = 10_000  # foreign writers could add keys without end
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._fds: dict[str, tuple[int, int]] = {}  # path -> (inode, fd)
+        self._keys: dict[str, tuple[str, tuple] | str | None] = {}
+        self._lock = threading.Lock()
+
+    def read(self, *, check_locks: bool = False) -> CounterSnapshot:
+        """Writer files count as `writer`, or as `live`/`dead` with `check_locks`."""
+        with self._lock:
+            entries = _entries(self.root)
+            self._close_missing({path for path, _rel, _inode in entries})
+            if not entries and not self.root.is_dir():
+                return CounterSnapshot(families=tuple(empty_dispatch_families()))
+            totals: dict[tuple, float] = {}
+            tally, dropped = Tally(), 0
+            # the archive first: the files it lists are already in it
+            archive = [e for e in entries if e[1] == ARCHIVE_NAME]
+            absorbed: set[str] = set()
+            for path, rel, inode in archive + [e for e in entries if e[1] != ARCHIVE_NAME]:
+                if rel in absorbed:  # compaction unlinks it
+                    continue
+                state, foreign = self._add(path, rel, inode, totals, absorbed)
+                dropped += foreign
+                if state == "writer" and check_locks:
+                    state = "live" if writer_alive(Path(path)) else "dead"
+                tally[state] += 1
+        return _snapshot(totals, tally, dropped)
+
+    def _add(self, path: str, rel: str, inode: int, totals: dict, absorbed: set) -> tuple[str, int]:
+        if not os.path.basename(path).startswith("counter_"):
+            return "ignored", 0
+        sums: dict[tuple, float] = {}
+        foreign = 0
+        try:
+            for key, value in parse_values(self._bytes(path, inode)):
+                parsed = self._parse(key)
+                if parsed is None:
+                    foreign += 1
+                elif isinstance(parsed, str):
+                    absorbed.add(parsed)
+                else:
+                    sums[parsed] = sums.get(parsed, 0.0) + value
+        except UNREADABLE:
+            return "corrupt", 0  # nothing of a corrupt file is counted
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + value
+        if rel == ARCHIVE_NAME:
+            return "archive", foreign
+        return ("ignored" if foreign and not sums else "writer"), foreign
+
+    def _bytes(self, path: str, inode: int) -> bytes:
+        cached = self._fds.get(path)
+        if cached and cached[0] != inode:
+            os.close(self._fds.pop(path)[1])
+            cached = None
+        if cached is None:
+            if len(self._fds) >= self.MAX_OPEN:
+                return _read_file(path)
+            cached = self._fds[path] = (inode, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        fd = cached[1]
+        data = os.pread(fd, mmap.PAGESIZE, 0)
+        used = _INT.unpack_from(data, 0)[0]
+        if used > len(data):
+            data += os.pread(fd, used - len(data), len(data))
+        return data
+
+    def _parse(self, key: str) -> tuple[str, tuple] | str | None:
+        """(family, labels) to keep, the file name an archive absorbed, or None: foreign."""
+        if key in self._keys:
+            return self._keys[key]
+        family, name, labels, _help = json.loads(key)
+        if not (isinstance(family, str) and isinstance(name, str) and isinstance(labels, dict)):
+            raise ValueError(f"malformed key {key!r}")
+        family = family.removesuffix("_total")  # a writer may name the family either way
+        parsed: tuple[str, tuple] | str | None = None
+        if family == ABSORBED:
+            parsed = name
+        elif wanted(family, name, labels):
+            parsed = (family, tuple(sorted(labels.items())))
+        if len(self._keys) >= self.MAX_KEYS:
+            self._keys.clear()
+        self._keys[key] = parsed
+        return parsed
+
+    def _close_missing(self, present: set[str]) -> None:
+        for path in [p for p in self._fds if p not in present]:
+            os.close(self._fds.pop(path)[1])
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_missing(set())
+
+
+def _snapshot(totals: dict[tuple, float], tally: Tally, dropped: int) -> CounterSnapshot:
+    families = empty_dispatch_families()
+    for family in families:
+        for (name, labels), value in sorted(totals.items()):
+            if name == family.name:
+                family.add_sample(name + "_total", dict(labels), value)
+    files = dict.fromkeys(FILE_STATES, 0) | dict(tally)
+    return CounterSnapshot(families=tuple(families), files=files, samples_dropped=dropped)
+
+
+def read_dispatch_counters(root: str | os.PathLike, *, check_locks: bool = False) -> CounterSnapshot:
+    """Sum the dispatch counters of every valid file under `root` once (see `CounterReader`)."""
+    reader = CounterReader(root)
+    try:
+        return reader.read(check_locks=check_locks)
+    finally:
+        reader.close()
+
+
+def empty_dispatch_families() -> list[Metric]:
+    return [CounterMetricFamily(name, spec[0], labels=spec[1]) for name, spec in FAMILIES.items()]

@@ -1,0 +1,82 @@
+"""The one collector: report families, health, dispatch counters; robust to renderer faults."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import GaugeMetricFamily
+
+from fa4doctor.exporters.collector import Collector
+from fa4doctor.exporters.daemon import DaemonState
+from tests.serve.helpers import check_report, write_counters
+
+
+def registry_for(state, **kwargs) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(Collector(lambda: state, **kwargs))
+    return registry
+
+
+def gauge(name, value):
+    return [GaugeMetricFamily(name, "doc", value=value)]
+
+
+def test_report_families_come_first_and_duplicates_are_dropped():
+    calls = []
+
+    def render_check(check):
+        calls.append(check)
+        return gauge("fa4doctor_backend_available", 1) + gauge("fa4doctor_probe_up", 42)
+
+    state = DaemonState(check=check_report(), probe_up=False)
+    registry = registry_for(state, renderers={"check": render_check})
+    # the renderer's stray fa4doctor_probe_up wins (first), never two families of one name
+    assert registry.get_sample_value("fa4doctor_probe_up") == 42
+    names = [m.name for m in registry.collect()]
+    assert len(names) == len(set(names))
+    registry.get_sample_value("fa4doctor_probe_up")
+    assert len(calls) == 1, "a report renders once, not on every scrape"
+
+
+def test_a_failing_renderer_is_reported_not_raised():
+    def boom(report):
+        raise KeyError("environment")
+
+    registry = registry_for(DaemonState(check=check_report()), renderers={"check": boom, "smoke": None})
+    assert registry.get_sample_value("fa4doctor_serve_report_rendered", {"report": "check"}) == 0
+    assert registry.get_sample_value("fa4doctor_serve_report_rendered", {"report": "smoke"}) == 0
+    assert registry.get_sample_value("fa4doctor_probe_up") == 0
+
+
+def test_a_new_report_renders_again():
+    seen = []
+    holder = {"state": DaemonState(check=check_report(healthy=True))}
+    registry = CollectorRegistry()
+    registry.register(Collector(lambda: holder["state"],
+                                renderers={"check": lambda c: seen.append(c["healthy"]) or []}))
+    list(registry.collect())
+    holder["state"] = DaemonState(check=check_report(healthy=False))
+    list(registry.collect())
+    assert seen == [True, False]
+
+
+def test_dispatch_counters_and_directory_health(tmp_path):
+    write_counters(tmp_path / "counter_1-aaaaaaaa.db", {"fa2": 4})
+    (tmp_path / "counter_2-bad00000.db").write_bytes(b"\x07" * 9)
+    registry = registry_for(DaemonState(), metrics_dir=str(tmp_path), renderers={})
+    assert registry.get_sample_value("fa4doctor_dispatch_calls_total", {"backend": "fa2"}) == 4
+    assert registry.get_sample_value("fa4doctor_metrics_dir_files", {"state": "corrupt"}) == 1
+    assert registry.get_sample_value("fa4doctor_metrics_dir_files", {"state": "writer"}) == 1
+
+
+def test_without_a_metrics_dir_the_counter_families_still_exist():
+    names = {m.name for m in registry_for(DaemonState(), renderers={}).collect()}
+    assert {"fa4doctor_dispatch_calls", "fa4doctor_dispatch_fallbacks"} <= names
+
+
+def test_production_renderers_are_used_when_present():
+    from fa4doctor.exporters import collector
+
+    collector_obj = Collector(DaemonState)
+    present = {attr for mod, fn, attr in collector.RENDERERS
+               if collector._import_renderer(mod, fn) is not None}
+    assert {attr for attr, fn in collector_obj._renderers.items() if fn} == present
