@@ -54,8 +54,24 @@ class FA4(Backend):
             # splits (num_splits=0); SM120 asserts num_splits <= 1 (iface:417). TE utils.py:739-748, K16.
             reasons.append(Reason(R.NUM_SPLITS_UNSUPPORTED, f"num_splits={spec.num_splits} needs SM100/SM110; "
                                   f"FA4 takes only num_splits=1 on {cc_text(gpu)}"))
-        reasons += cls._feature_arch_reasons(spec, env, gpu)
+        reasons += cls._feature_arch_reasons(spec, env, gpu) + cls._sm90_dq_reasons(spec, env, gpu)
         return reasons
+
+    @classmethod
+    def _sm90_dq_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
+        # Found by fa4doctor's thorough smoke level on an H100 with b36 (docs/validation/h100-smoke/
+        # and h100-fa4-bug-repro.txt): the SM90 backward returns a wrong dq (relative error ~1; dk, dv
+        # and the forward are right) or fails to compile for head dims below 128 with
+        # head_dim % 32 in {8, 16}: 8, 16, 40, 48, 72, 80, 104, 112. Other multiples of 8 pass.
+        # Measured on b36 only; older betas are refused too (no fix is known), newer ones are left
+        # to their own smoke run.
+        if gpu.compute_capability[0] != 9 or not spec.training or at_least(cls.version(env), "4.0.0b37"):
+            return []
+        bad = sorted({d for d in (spec.head_dim_qk, spec.head_dim_v) if d < 128 and d % 32 in (8, 16)})
+        if not bad:
+            return []
+        return [Reason(R.KNOWN_BUG, f"the SM90 backward of flash-attn-4 <= 4.0.0b36 computes a wrong dq for "
+                       f"head dim {bad[0]} (head dims < 128 with head_dim % 32 in {{8, 16}}; measured on an H100)")]
 
     @classmethod
     def install_reasons(cls, env: Environment) -> list[Reason]:
