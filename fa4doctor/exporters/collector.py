@@ -3,8 +3,10 @@
 It yields, in this order: the probe's families (`metrics_env.environment_families(check)`), the
 smoke families (`metrics_smoke.smoke_families(smoke)`), the daemon's own health, and the dispatch
 counters summed from the metrics directory. The report families are built once per new report,
-not per scrape; only the metrics directory is read on every scrape. A family name that appears
-twice is kept once (the first), so one faulty renderer can never make the scrape invalid.
+and all but the dispatch counters once per daemon state (it is replaced whole when a cycle ends);
+`exposition()` keeps their encoded text too, so a scrape reads the metrics directory and encodes
+only its families. A family name that appears twice is kept once (the first), so one faulty
+renderer can never make the scrape invalid.
 
 >>> from prometheus_client import CollectorRegistry
 >>> from fa4doctor.exporters.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
@@ -33,6 +35,20 @@ RENDERERS = (
 )
 
 
+OPENMETRICS_EOF = b"# EOF\n"  # ends every OpenMetrics exposition: only the last part keeps it
+MAX_MEDIA_TYPES = 8
+
+
+class _Families:
+    """A registry stand-in for an encoder: `collect()` yields the given families."""
+
+    def __init__(self, families: list[Metric]):
+        self._families = families
+
+    def collect(self) -> list[Metric]:
+        return self._families
+
+
 def _import_renderer(module: str, function: str) -> Callable[[dict], list[Metric]] | None:
     try:
         return getattr(importlib.import_module(module), function)
@@ -41,7 +57,8 @@ def _import_renderer(module: str, function: str) -> Callable[[dict], list[Metric
 
 
 class Collector:
-    """`collect()` renders `state()`; `metrics_dir` (optional) is summed on every scrape.
+    """`collect()` renders `state()`; `metrics_dir` (optional) is summed on every scrape;
+    `exposition()` is what `/metrics` serves (the same bytes, most of them cached per state).
 
     Seams: `renderers` maps a state attribute to a function `dict -> list[Metric]`
     (production default: the probe's and smoke's metric modules, imported when present).
@@ -58,21 +75,60 @@ class Collector:
         self._renderers = renderers
         self._cache: dict[str, tuple[dict, list[Metric], bool]] = {}
         self._cache_lock = threading.Lock()
+        self._families_state: DaemonState | None = None
+        self._families_cached: tuple[list[Metric], frozenset[str]] = ([], frozenset())
+        self._texts_state: DaemonState | None = None
+        self._texts: dict[str, bytes] = {}
 
     def collect(self) -> Iterator[Metric]:
+        families, names = self._families(self._state())
+        yield from families
+        yield from (family for family in self._dispatch_families() if family.name not in names)
+
+    def exposition(self, encoder: Callable[[Any], bytes], media_type: str) -> bytes:
+        """What `encoder(registry)` returns for a registry holding only this collector, faster:
+        the report, smoke and health families change only when the daemon's state is replaced
+        (a cycle ended), so their text is encoded once per state and media type; each call
+        encodes only the dispatch counters. `media_type` names the encoder's output format.
+        """
         state = self._state()
-        seen: set[str] = set()
+        families, names = self._families(state)
+        with self._cache_lock:
+            texts = self._texts if self._texts_state is state else {}
+            static = texts.get(media_type)
+        if static is None:
+            static = encoder(_Families(families))
+            if media_type.startswith("application/openmetrics-text"):
+                static = static.removesuffix(OPENMETRICS_EOF)
+            with self._cache_lock:
+                if self._texts_state is not state:
+                    self._texts_state, self._texts = state, {}
+                if len(self._texts) < MAX_MEDIA_TYPES:  # clients choose versions in Accept
+                    self._texts[media_type] = static
+        dispatch = [family for family in self._dispatch_families() if family.name not in names]
+        return static + encoder(_Families(dispatch))
+
+    def _families(self, state: DaemonState) -> tuple[list[Metric], frozenset[str]]:
+        """The report, smoke and health families of one state, each name once (the first)."""
+        with self._cache_lock:
+            if self._families_state is state:
+                return self._families_cached
         rendered: dict[str, bool] = {}
         families: list[Metric] = []
         for attr, render in self._renderers.items():
             report_families, rendered[attr] = self._render(attr, render, getattr(state, attr))
             families.extend(report_families)
         families.extend(health_families(state, rendered))
-        families.extend(self._dispatch_families())
+        names: set[str] = set()
+        unique: list[Metric] = []
         for family in families:
-            if family.name not in seen:
-                seen.add(family.name)
-                yield family
+            if family.name not in names:
+                names.add(family.name)
+                unique.append(family)
+        result = unique, frozenset(names)
+        with self._cache_lock:
+            self._families_state, self._families_cached = state, result
+        return result
 
     def _render(self, attr: str, render: Any, report: dict | None) -> tuple[list[Metric], bool]:
         if report is None or render is None:

@@ -63,7 +63,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self) -> None:
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        self._send(200, content_type, encoder(self.server.registry))
+        self._send(200, content_type, self.server.exposition(encoder, content_type))
 
     def _healthz(self) -> None:
         self._send(200, "text/plain; charset=utf-8", b"ok\n")
@@ -102,9 +102,16 @@ class DaemonHTTPServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.state = state
+        self.collector = collector
         self.registry = CollectorRegistry(auto_describe=False)
         if collector is not None:
             self.registry.register(collector)
+
+    def exposition(self, encoder: Callable[[Any], bytes], content_type: str) -> bytes:
+        """The collector's cached exposition when it has one (collector.py), else the registry's."""
+        if hasattr(self.collector, "exposition"):
+            return self.collector.exposition(encoder, content_type)
+        return encoder(self.registry)
 
 
 def make_server(host: str, port: int, *, state: Callable[[], Any], collector: Any) -> DaemonHTTPServer:

@@ -80,3 +80,51 @@ def test_production_renderers_are_used_when_present():
     present = {attr for mod, fn, attr in collector.RENDERERS
                if collector._import_renderer(mod, fn) is not None}
     assert {attr for attr, fn in collector_obj._renderers.items() if fn} == present
+
+
+def both_formats():
+    from prometheus_client import exposition
+    from prometheus_client.openmetrics import exposition as openmetrics
+
+    return [(exposition.generate_latest, exposition.CONTENT_TYPE_PLAIN_0_0_4),
+            (openmetrics.generate_latest, openmetrics.CONTENT_TYPE_LATEST)]
+
+
+def test_exposition_is_byte_for_byte_what_the_registry_encodes(tmp_path):
+    path = write_counters(tmp_path / "counter_1-aaaaaaaa.db", {"fa2": 4})
+    renders = []
+
+    def render_check(check):  # a stray duplicate of a dispatch family: the first one wins
+        renders.append(check)
+        return gauge("fa4doctor_backend_available", 1) + gauge("fa4doctor_metrics_dir_files", 7)
+
+    holder = {"state": DaemonState(check=check_report(), probe_up=True)}
+    collector = Collector(lambda: holder["state"], metrics_dir=str(tmp_path),
+                          renderers={"check": render_check})
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    for step in range(3):
+        for encoder, media_type in both_formats():
+            assert collector.exposition(encoder, media_type) == encoder(registry)
+        write_counters(path, {"fa2": 5 + step})  # counters move between scrapes
+        holder["state"] = DaemonState(check=holder["state"].check, probe_up=step % 2 == 0)
+    assert len(renders) == 1, "one report renders once, whatever else changes"
+
+
+def test_exposition_encodes_the_static_part_once_per_state(tmp_path):
+    holder = {"state": DaemonState(probe_up=True)}
+    collector = Collector(lambda: holder["state"], metrics_dir=str(tmp_path), renderers={})
+    encoded = []
+
+    def encoder(registry):
+        from prometheus_client import generate_latest
+
+        encoded.append([m.name for m in registry.collect()])
+        return generate_latest(registry)
+
+    for _ in range(3):
+        assert b"fa4doctor_probe_up 1.0" in collector.exposition(encoder, "text/plain")
+    holder["state"] = DaemonState(probe_up=False)
+    assert b"fa4doctor_probe_up 0.0" in collector.exposition(encoder, "text/plain")
+    static = [names for names in encoded if "fa4doctor_probe_up" in names]
+    assert len(static) == 2 and len(encoded) == 2 + 4  # per call, only the dispatch families

@@ -206,3 +206,47 @@ def test_an_archive_never_makes_the_daemon_delete_other_files(tmp_path):
     out.close()
     compaction.compact(tmp_path, grace_seconds=1)
     assert victim.read_text() == "precious"
+
+
+def snapshot_values(snap) -> tuple:
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in snap.families for s in f.samples}
+    return samples, snap.files, snap.samples_dropped
+
+
+def test_a_long_lived_reader_always_agrees_with_a_fresh_read(tmp_path):
+    """The reader decodes an unchanged file with a cached layout; any other change re-parses it."""
+    reader = multiproc.CounterReader(tmp_path)
+    path = write_counters(tmp_path / "counter_1-aaaaaaaa.db", {"sdpa": 1})
+    other = write_counters(tmp_path / "counter_2-bbbbbbbb.db", {"fa4": 2}, {FB: 1})
+
+    def same() -> bool:
+        return snapshot_values(reader.read()) == snapshot_values(multiproc.read_dispatch_counters(tmp_path))
+
+    assert same()
+    write_counters(path, {"sdpa": 5})  # a value updated in place
+    assert same() and calls(tmp_path) == 5
+    write_counters(path, {"fa2": 1}, {FB: 2})  # keys appended: the used length grows
+    assert same() and fallbacks(tmp_path) == 3
+    data = bytearray(other.read_bytes())
+    key_at = data.index(b"fa4doctor_dispatch_calls")
+    data[key_at:key_at + 9] = b"somebody_"  # the same length, a foreign key now
+    other.write_bytes(bytes(data))
+    assert same() and reader.read().samples_dropped == 1
+    data[key_at + 1] = 0xFF  # not UTF-8: the whole file is corrupt
+    other.write_bytes(bytes(data))
+    assert same() and reader.read().files["corrupt"] == 1 and calls(tmp_path, "fa4") == 0
+    reader.close()
+
+
+def test_a_key_repeated_in_one_file_is_summed_as_merge_sums_it(tmp_path):
+    from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+    key = mmap_key(CALLS, CALLS + "_total", ["backend"], ["sdpa"], "calls")
+    out = MmapedDict(str(tmp_path / "counter_1-aaaaaaaa.db"))
+    out.write_value(key, 1.5, 0.0)
+    out.write_value(key.replace('"calls"', '"other help"'), 2.0, 0.0)  # same series, another key
+    out.close()
+    reader = multiproc.CounterReader(tmp_path)
+    first, again = (sum(s.value for s in reader.read().families[0].samples) for _ in range(2))
+    assert calls(tmp_path) == first == again == 3.5  # again: from the cached layout
+    reader.close()

@@ -70,6 +70,10 @@ def test_metrics_text_and_openmetrics(serving):
     assert calls.labels == {"backend": "sdpa"} and calls.value == 3
     status, kind, body = get(url + "/metrics", accept="application/openmetrics-text; version=1.0.0")
     assert status == 200 and kind.startswith("application/openmetrics-text") and body.endswith("# EOF\n")
+    assert body.count("# EOF") == 1, "the cached part and the per-scrape part make one exposition"
+    write_counters(root / "counter_1-aaaaaaaa.db", {"sdpa": 5})
+    families = {f.name: f for f in text_string_to_metric_families(get(url + "/metrics")[2])}
+    assert families["fa4doctor_dispatch_calls"].samples[0].value == 5
 
 
 @pytest.mark.slow
