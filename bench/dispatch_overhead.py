@@ -1,6 +1,16 @@
-"""What `fa4doctor.dispatch.attention()` adds to a call: median microseconds per call of
-`attention()` and of a direct call of the same backend on identical tiny tensors, interleaved in
-blocks so drift (clocks, caches) hits both alike; prints both and the difference.
+"""What `fa4doctor.dispatch.attention()` adds to a call, and where it goes.
+
+Median microseconds per call on identical tiny tensors, every row timed in blocks interleaved
+round by round so drift (clocks, caches, other load) hits all rows alike:
+
+- direct:    the backend called by hand with exactly the keywords and layout work the adapter
+             uses (taken from the adapter, so the two cannot drift apart);
+- defaults:  FA4 only: the call as a user writes it, leaving FA4's defaults (the keywords that
+             differ are printed);
+- adapter:   the adapter's bound closure alone (no key, no plan lookup, no counting);
+- attention: `attention()`;
+- dispatch:  `attention()` with the kernel call removed, alone (hot caches), and "beside a
+             kernel": each such call right after a direct call, minus the direct call.
 
     python bench/dispatch_overhead.py                                # CPU, SDPA
     python bench/dispatch_overhead.py --device cuda --backend fa4    # GPU machine with FA4
@@ -12,24 +22,49 @@ on the GPU (FA4 takes about 99 us per tiny call on an H100: h100-fa4-measurement
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
 
+FA4_DEFAULTS = {"softmax_scale": None, "causal": False, "window_size": (None, None), "softcap": 0.0,
+                "num_splits": 1, "deterministic": False}  # flash_attn_func's own (b36 iface:4145)
 
-def direct_call(backend: str, causal: bool):
-    """The backend called by hand the way the adapter calls it (same layout work, no dispatch)."""
+
+def exact_call(backend: str, plan):
+    """The backend called by hand exactly as `plan`'s adapter calls it."""
     if backend == "fa4":
         from flash_attn.cute import flash_attn_func
 
-        return lambda q, k, v: flash_attn_func(q=q, k=k, v=v, causal=causal, window_size=(None, None),
-                                               num_splits=1)[0]
+        from fa4doctor.dispatch.adapters.fa4 import call_kwargs
+
+        kw = call_kwargs(plan.spec, plan.scale)
+        assert set(kw) == set(FA4_DEFAULTS), f"adapter keywords changed: {sorted(kw)}"
+        s, c, w, cap, det = (kw[n] for n in ("softmax_scale", "causal", "window_size", "softcap", "deterministic"))
+        return lambda q, k, v: flash_attn_func(q=q, k=k, v=v, softmax_scale=s, causal=c, window_size=w,
+                                               softcap=cap, num_splits=1, deterministic=det)[0]
     import torch.nn.functional as F
 
-    def sdpa(q, k, v):
-        return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                              is_causal=causal).transpose(1, 2)
-    return sdpa
+    from fa4doctor.dispatch.adapters.sdpa import fast_kwargs
+
+    kw = fast_kwargs(plan.spec, plan.scale)
+    assert kw is not None, "this spec takes SDPA's slow path; the bench times the fast one"
+    return lambda q, k, v: F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), **kw).transpose(1, 2)
+
+
+def default_call(backend: str, plan):
+    """FA4 called the short way (its defaults); None, [] where that is the exact call already."""
+    if backend != "fa4":
+        return None, []
+    from flash_attn.cute import flash_attn_func
+
+    from fa4doctor.dispatch.adapters.fa4 import call_kwargs
+
+    kw = call_kwargs(plan.spec, plan.scale)
+    given = {"causal": kw["causal"], "window_size": kw["window_size"], "num_splits": 1}
+    differ = [f"{n}={kw[n]!r} (FA4 default {FA4_DEFAULTS[n]!r})" for n in kw if n not in given]
+    return (lambda q, k, v: flash_attn_func(q=q, k=k, v=v, **given)[0]), differ
 
 
 def block(fn, args, calls: int, sync) -> float:
@@ -38,6 +73,44 @@ def block(fn, args, calls: int, sync) -> float:
         fn(*args)
     sync()
     return (time.perf_counter() - start) / calls * 1e6
+
+
+def only_plan():
+    from fa4doctor.dispatch import runtime
+
+    plans = list(runtime._plans.values())
+    assert len(plans) == 1, f"expected one cached plan, found {len(plans)}"
+    return plans[0]
+
+
+def measure(rows: dict, plan, real_run, args, rounds: int, calls: int, sync) -> dict[str, list[float]]:
+    """rows: name -> (fn, whether plan.run runs the kernel, whether fn launches kernels at all);
+    plan.run is swapped between blocks, never inside one."""
+    noop = lambda *a: None  # noqa: E731
+    times = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, (fn, kernel, launches) in rows.items():
+            plan.run = real_run if kernel else noop
+            times[name].append(block(fn, args, calls, sync if launches else noop))
+    plan.run = real_run
+    return times
+
+
+def report(med: dict[str, float], differ: list[str]) -> list[str]:
+    d, a = med["direct"], med["attention"]
+    lines = [f"direct     {d:9.2f} us/call (exactly the adapter's backend call, by hand)"]
+    if "defaults" in med:
+        lines.append(f"defaults   {med['defaults']:9.2f} us/call (the short call; the adapter also passes "
+                     f"{', '.join(differ) or 'nothing'})")
+    lines += [
+        f"attention  {a:9.2f} us/call",
+        f"added      {a - d:9.2f} us/call ({(a - d) / d * 100:+.1f}% of the direct call)",
+        f"  adapter      {med['adapter'] - d:7.2f} us  (adapter closure {med['adapter']:.2f} - direct)",
+        f"  dispatcher   {a - med['adapter']:7.2f} us  (attention - adapter closure)",
+        f"dispatch   {med['dispatch']:9.2f} us/call (attention() with the kernel call removed, alone)",
+        f"beside     {med['beside'] - d:9.2f} us/call (the same, each right after a direct call, minus direct)",
+    ]
+    return lines
 
 
 def main() -> None:
@@ -49,6 +122,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--block", type=int, default=50, help="calls per timed block")
     parser.add_argument("--no-causal", dest="causal", action="store_false")
+    parser.add_argument("--gc-off", action="store_true", help="disable Python's cyclic GC while timing")
     args = parser.parse_args()
     os.environ["FA4DOCTOR_BACKEND"] = args.backend  # time exactly this backend behind attention()
 
@@ -61,29 +135,33 @@ def main() -> None:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     q, k, v = (torch.randn(b, s, h, d, device=args.device, dtype=dtype) for _ in range(3))
     mask = "causal" if args.causal else "no_mask"
-    direct = direct_call(args.backend, args.causal)
-    dispatched = lambda q, k, v: attention(q, k, v, attn_mask_type=mask)  # noqa: E731
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     with torch.inference_mode():
-        for fn in (direct, dispatched):  # warm-up: JIT compile, first decision, allocator
-            block(fn, (q, k, v), 20, sync)
-        direct_us, dispatch_us = [], []
-        for _ in range(args.rounds):
-            direct_us.append(block(direct, (q, k, v), args.block, sync))
-            dispatch_us.append(block(dispatched, (q, k, v), args.block, sync))
-        # The dispatcher's own cost without the kernel: the cached plan's adapter swapped for a no-op.
-        from fa4doctor.dispatch import runtime
+        attention(q, k, v, attn_mask_type=mask)  # the first decision; FA4 compiles here
+        plan = only_plan()
+        real_run = plan.run
+        direct = exact_call(args.backend, plan)
+        defaults, differ = default_call(args.backend, plan)
+        dispatched = lambda q, k, v: attention(q, k, v, attn_mask_type=mask)  # noqa: E731
 
-        for plan in runtime._plans.values():
-            plan.run = lambda *args: None
-        bare_us = [block(dispatched, (q, k, v), args.block, lambda: None) for _ in range(args.rounds)]
-    a, c = statistics.median(direct_us), statistics.median(dispatch_us)
+        def beside(q, k, v):
+            direct(q, k, v)
+            dispatched(q, k, v)
+
+        rows = {"direct": (direct, True, True), **({"defaults": (defaults, True, True)} if defaults else {}),
+                "adapter": (lambda q, k, v: real_run(q, k, v, None, None, None), True, True),
+                "attention": (dispatched, True, True), "dispatch": (dispatched, False, False),
+                "beside": (beside, False, True)}
+        measure(rows, plan, real_run, (q, k, v), 2, 20, sync)  # warm-up: allocator, caches
+        if args.gc_off:
+            gc.disable()
+        times = measure(rows, plan, real_run, (q, k, v), args.rounds, args.block, sync)
+        gc.enable()
+    med = {name: statistics.median(t) for name, t in times.items()}
     print(f"device={args.device} backend={args.backend} shape={args.shape} dtype={str(dtype).split('.')[-1]} "
-          f"mask={mask} torch={torch.__version__} calls={args.rounds * args.block} each")
-    print(f"direct     {a:9.2f} us/call (median of {args.rounds} blocks)")
-    print(f"attention  {c:9.2f} us/call")
-    print(f"added      {c - a:9.2f} us/call ({(c - a) / a * 100:+.1f}% of the direct call)")
-    print(f"dispatch   {statistics.median(bare_us):9.2f} us/call (attention() with the kernel call removed)")
+          f"mask={mask} torch={torch.__version__} gc={'off' if args.gc_off else 'on'} "
+          f"calls={args.rounds * args.block} per row, median of {args.rounds} blocks")
+    print("\n".join(report(med, differ)))
 
 
 if __name__ == "__main__":

@@ -70,8 +70,10 @@ def node(host: str, gpu_facts: tuple[GpuFacts, ...], torch: TorchInfo = TORCH_CU
 FA4_B36 = ("flash-attn-4", "4.0.0b36")
 H100 = ("NVIDIA H100 80GB HBM3", (9, 0), 81559)
 
+# h100-fa4-b36.json is not generated: it is `fa4doctor check --json` taken on a real H100 with
+# FA4 4.0.0b36 (docs/validation/h100-check.txt); REAL lists such snapshots.
+REAL = ("h100-fa4-b36.json",)
 EXAMPLES = {
-    "h100-fa4-b36.json": node("h100-node", gpus(*H100, 8), fa4=FA4_B36),
     "h100-fa3-fa4.json": node("h100-node", gpus(*H100, 8), fa4=FA4_B36, fa3=("flash_attn_3", "3.0.0b1")),
     "a100-fa2-2.8.3.json": node("a100-node", gpus("NVIDIA A100-SXM4-80GB", (8, 0), 81920, 8), TORCH_CU128,
                                 fa2=("flash-attn", "2.8.3")),

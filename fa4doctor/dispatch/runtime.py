@@ -3,8 +3,8 @@
 The first call of each distinct shape validates the inputs, builds the `AttentionSpec`, asks
 `select()` (the same rules `fa4doctor check` and `explain` use), binds the chosen backend's adapter
 and logs the decision once; later calls with the same key only count and run. The key holds
-everything validated (shapes, dtypes, devices, grad flags, every keyword, the policy variables),
-so a call that differs in anything is validated again.
+everything validated (shapes, dtypes, devices, whether autograd records the call, every keyword,
+the policy variables), so a call that differs in anything is validated again.
 """
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ _MAX_PLANS = 4096
 _POLICY_VARS = (ENV_BACKEND, ENV_DISABLE, ENV_STRICT)
 # os.environ.get costs ~0.7 us (it encodes the key); CPython keeps the encoded mapping in
 # `os.environ._data` (Lib/os.py `_Environ`), which stays in step with os.environ writes.
-_ENV_DATA = getattr(os.environ, "_data", None)
-_ENV_KEYS = tuple(os.environ.encodekey(name) for name in _POLICY_VARS) if _ENV_DATA is not None else ()
+if hasattr(os.environ, "_data"):
+    _ENV_DATA = os.environ._data
+    _ENV_B, _ENV_D, _ENV_S = (os.environ.encodekey(name) for name in _POLICY_VARS)
+else:  # pragma: no cover (other Pythons)
+    _ENV_DATA = os.environ
+    _ENV_B, _ENV_D, _ENV_S = _POLICY_VARS
 _clock = time.monotonic
 _grad_enabled = torch.is_grad_enabled
 
@@ -51,10 +55,7 @@ _logged: set[Decision] = set()
 
 
 def _raw_policy() -> tuple:
-    if _ENV_DATA is not None:
-        data = _ENV_DATA
-        return (data.get(_ENV_KEYS[0]), data.get(_ENV_KEYS[1]), data.get(_ENV_KEYS[2]))
-    return tuple(os.environ.get(name) for name in _POLICY_VARS)
+    return (_ENV_DATA.get(_ENV_B), _ENV_DATA.get(_ENV_D), _ENV_DATA.get(_ENV_S))  # as attention() reads it
 
 
 def _policy(raw: tuple) -> Policy:
@@ -65,7 +66,7 @@ def _policy(raw: tuple) -> Policy:
 
 
 def _tensor_key(t: Any) -> Any:
-    return (t.shape, t.dtype, t.device, t.requires_grad)
+    return (t.shape, t.dtype, t.device)  # its requires_grad is in the key's needs_grad
 
 
 def _pack(q, k, v, varlen: inputs.Varlen):
@@ -138,11 +139,17 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
     >>> attention(q, k, v, attn_mask_type="causal").shape
     torch.Size([1, 4, 2, 8])
     """
-    raw = _raw_policy()
+    # Inlined (not _raw_policy()): beside FA4's host path every call and lookup here runs with cold
+    # caches, where each costs several times its warm price (bench/dispatch_overhead.py "beside").
+    data = _ENV_DATA
+    raw = (data.get(_ENV_B), data.get(_ENV_D), data.get(_ENV_S))
     try:
-        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
-               q.requires_grad, k.requires_grad, v.requires_grad, _grad_enabled(), attn_mask_type,
-               window_size, softmax_scale, dropout_p, softcap, deterministic, qkv_format, raw,
+        # Only whether autograd records the call reaches the spec (inputs.prepare `needs_grad`), so
+        # the key holds that, short-circuited: one read under no_grad, two when q requires grad.
+        needs_grad = _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
+            learnable_sink is not None and learnable_sink.requires_grad))
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, needs_grad,
+               attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic, qkv_format, raw,
                None if alibi_slopes is None else _tensor_key(alibi_slopes),
                None if learnable_sink is None else _tensor_key(learnable_sink))
         varlen = None
@@ -168,8 +175,9 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
                 _plans.clear()
             _plans[key] = plan
     plan.tally.n += 1
-    if _clock() >= plan.counters.deadline:
-        plan.counters.flush()
+    counters = plan.counters
+    if counters.directory is not None and _clock() >= counters.deadline:  # no file: nothing to refresh
+        counters.flush()
     if varlen is None:
         return plan.run(q, k, v, None, alibi_slopes, learnable_sink)
     return _execute(plan.run, q, k, v, varlen, alibi_slopes, learnable_sink)

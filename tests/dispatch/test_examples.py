@@ -27,8 +27,10 @@ def _generator():
 
 
 def test_the_checked_in_files_are_what_the_generator_writes(tmp_path):
-    written = _generator().main(tmp_path)
-    assert sorted(p.name for p in written) == sorted(p.name for p in EXAMPLES.glob("*.json"))
+    generator = _generator()
+    written = generator.main(tmp_path)
+    checked_in = {p.name for p in EXAMPLES.glob("*.json")} - set(generator.REAL)
+    assert sorted(p.name for p in written) == sorted(checked_in)
     for path in written:
         assert path.read_text() == (EXAMPLES / path.name).read_text(), path.name
 
@@ -57,6 +59,12 @@ def test_examples_decide_as_expected(name, spec, chosen, first_reason):
     decision = decide(spec, load_environment(EXAMPLES / name))
     assert decision.chosen is chosen
     assert decision.fallback_code is first_reason
+
+
+def test_the_real_h100_snapshot_is_a_check_report_from_an_h100():
+    env = load_environment(EXAMPLES / "h100-fa4-b36.json")
+    assert env.gpu(0).name == "NVIDIA H100 80GB HBM3" and env.driver.nvml_status == "ok"
+    assert env.backend(B.FA4).version == "4.0.0b36" and env.backend(B.FA4).import_status.value == "ok"
 
 
 def test_t4_refuses_fa2_for_its_architecture():

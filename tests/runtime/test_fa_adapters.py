@@ -142,3 +142,29 @@ def test_unknown_backend_names_the_choices():
     q = torch.randn(1, 2, 1, 8)
     with pytest.raises(ValueError, match="fa4, fa3, fa2, sdpa"):
         call_backend("fa5", q, q, q)
+
+
+@pytest.mark.parametrize("mask,window,sq,sk", CASES)
+def test_fa4_calls_with_exactly_call_kwargs(fakes, mask, window, sq, sk):
+    """The spelled-out fast call and `call_kwargs` (what the overhead bench calls FA4 with) agree."""
+    from fa4doctor.dispatch.adapters.fa4 import call_kwargs
+    from fa4doctor.dispatch.inputs import prepare
+
+    q, k, v = _qkv(sq, sk)
+    call_backend("fa4", q, k, v, attn_mask_type=mask, window_size=window)
+    prepared = prepare(q, k, v, attn_mask_type=mask, window_size=window)
+    kwargs = _only_call(fakes, "fa4")["kwargs"]
+    assert {n: kwargs[n] for n in kwargs if n not in ("q", "k", "v")} == call_kwargs(prepared.spec, prepared.scale)
+
+
+def test_fa4_sink_call_is_call_kwargs_plus_the_sink(fakes):
+    from fa4doctor.dispatch.adapters.fa4 import call_kwargs
+    from fa4doctor.dispatch.inputs import prepare
+
+    q, k, v = _qkv(6, 6)
+    sink = torch.zeros(4)
+    call_backend("fa4", q, k, v, attn_mask_type="causal", softcap=2.0, learnable_sink=sink)
+    prepared = prepare(q, k, v, attn_mask_type="causal", softcap=2.0, learnable_sink=sink)
+    kwargs = dict(_only_call(fakes, "fa4")["kwargs"])
+    assert kwargs.pop("learnable_sink").dtype is torch.bfloat16
+    assert {n: kwargs[n] for n in kwargs if n not in ("q", "k", "v")} == call_kwargs(prepared.spec, prepared.scale)

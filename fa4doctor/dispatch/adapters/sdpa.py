@@ -130,7 +130,7 @@ def dense(q, k, v, spec: AttentionSpec, scale: float, alibi=None, sink=None) -> 
     return out.transpose(1, 2)
 
 
-def _fast_kwargs(spec: AttentionSpec, scale: float) -> dict | None:
+def fast_kwargs(spec: AttentionSpec, scale: float) -> dict | None:
     """SDPA keyword arguments for a fixed-length call SDPA's flags express as they are, or None.
 
     Decided once per plan, so the hot path is one SDPA call between two transposes.
@@ -157,7 +157,7 @@ def _fast_kwargs(spec: AttentionSpec, scale: float) -> dict | None:
 
 
 def bind(spec: AttentionSpec, scale: float, compute_capability=None):
-    fast = _fast_kwargs(spec, scale)
+    fast = fast_kwargs(spec, scale)
     sdpa = F.scaled_dot_product_attention
 
     def run(q, k, v, varlen=None, alibi_slopes=None, learnable_sink=None):
