@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import sys
-import traceback
 from typing import Any, Callable, TypeVar
 
 import click
@@ -46,6 +45,8 @@ def handle_errors(function: F) -> F:
             sys.exit(130)
         except Exception as exc:  # the tool itself failed: say so, exit 1
             if os.environ.get("FA4DOCTOR_DEBUG") == "1":
+                import traceback
+
                 traceback.print_exc()
             click.echo(f"fa4doctor: internal error: {type(exc).__name__}: {exc} "
                        "(set FA4DOCTOR_DEBUG=1 for the traceback)", err=True)

@@ -59,6 +59,8 @@ def check(as_json: bool, textfile: Path | None, spec_files: tuple[Path, ...], ex
     Exit status: 0 when EXPECT is chosen for every spec on every GPU and nothing is broken,
     3 when problems were found, 1 when fa4doctor failed, 2 for usage errors.
     """
+    started = time.perf_counter()
+    gpu_probe = _start_gpu_probe(nvml_replay)  # first: NVML's driver time overlaps everything below
     from fa4doctor.dispatch.policy import Policy
     from fa4doctor.dispatch.reasons import BackendName
     from fa4doctor.dispatch.spec import load_specs
@@ -66,20 +68,16 @@ def check(as_json: bool, textfile: Path | None, spec_files: tuple[Path, ...], ex
     from fa4doctor.probe.gather import gather
     from fa4doctor.probe.report import build_report
 
-    started = time.perf_counter()
     specs = list(DEFAULT_SPECS) + [named for path in spec_files for named in load_specs(path)]
     policy = Policy.from_env()
-    nvml = None
-    if nvml_replay is not None:
-        from fa4doctor.probe.nvml import FakeNvml
-
-        nvml = FakeNvml.from_file(nvml_replay)
-    gathered = gather(nvml=nvml, check_imports=not no_imports, refresh=refresh, ledger_path=ledger,
+    setup = time.perf_counter() - started
+    gathered = gather(gpu_probe=gpu_probe, check_imports=not no_imports, refresh=refresh, ledger_path=ledger,
                       import_timeout=import_timeout)
     env, smoke = gathered.env, None
     if smoke_level:
         env, smoke = _run_smoke(env, smoke_level, ledger, quiet=as_json)
-    timings = {"total_seconds": round(time.perf_counter() - started, 4), **dict(gathered.timings)}
+    timings = {"total_seconds": round(time.perf_counter() - started, 4), "setup_seconds": round(setup, 4),
+               **dict(gathered.timings)}
     report = build_report(env, specs, expect=BackendName.parse(expect, "--expect"), policy=policy, only=gpus,
                           timings=timings, smoke=smoke)
     if textfile is not None:
@@ -93,6 +91,13 @@ def check(as_json: bool, textfile: Path | None, spec_files: tuple[Path, ...], ex
 
         render_check(report, imports_cached=gathered.imports_cached)
     raise SystemExit(report["exit_code"])
+
+
+def _start_gpu_probe(nvml_replay: Path | None):
+    from fa4doctor.probe.gpus import GpuProbe
+    from fa4doctor.probe.nvml import FakeNvml, PynvmlSource
+
+    return GpuProbe(PynvmlSource() if nvml_replay is None else FakeNvml.from_file(nvml_replay))
 
 
 def _run_smoke(env, level: str, ledger: Path | None, quiet: bool):

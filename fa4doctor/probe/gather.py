@@ -12,8 +12,7 @@ the rest from files and the environment; findings are derived from those facts b
 from __future__ import annotations
 
 import os
-import platform
-import socket
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -23,7 +22,7 @@ from pathlib import Path
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import Environment, Finding, ImportStatus
 from fa4doctor.probe import imports, problems
-from fa4doctor.probe.gpus import probe_gpus
+from fa4doctor.probe.gpus import GpuProbe
 from fa4doctor.probe.ledger import default_ledger_path, read_ledger
 from fa4doctor.probe.nvml import NvmlSource, PynvmlSource
 from fa4doctor.probe.packages import scan_packages
@@ -41,10 +40,18 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
            environ: Mapping[str, str] | None = None, path: list[str] | None = None,
            cache_dir: Path | None = None, refresh: bool = False,
            import_modules: Mapping[BackendName, tuple[str, ...]] = imports.MODULES,
-           import_timeout: float = imports.DEFAULT_TIMEOUT) -> Gathered:
-    """`gather_environment` plus how long each part took and whether imports came from the cache."""
+           import_timeout: float = imports.DEFAULT_TIMEOUT, gpu_probe: GpuProbe | None = None) -> Gathered:
+    """`gather_environment` plus how long each part took and whether imports came from the cache.
+
+    NVML runs in a thread beside the package scan: `gpu_probe` when the caller started it earlier
+    (to hide NVML behind its own work too), else one started here on `nvml`. So `nvml_seconds`
+    overlaps the other phases; `nvml_wait_seconds` is what NVML added after the package scan.
+    """
     environ = os.environ if environ is None else environ
+    probe = gpu_probe if gpu_probe is not None else GpuProbe(PynvmlSource() if nvml is None else nvml)
     clock, timings = time.perf_counter(), []
+    # --no-imports reads metadata only and writes nothing, so it keeps no cache either
+    cache = (imports.default_cache_dir(environ) if cache_dir is None else cache_dir) if check_imports else None
 
     def lap(name: str) -> None:
         nonlocal clock
@@ -52,17 +59,18 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
         timings.append((name + "_seconds", round(now - clock, 4)))
         clock = now
 
-    facts = scan_packages(path)
+    facts = scan_packages(path, cache_dir=cache)
     torch = read_torch_info()
     lap("packages")
-    driver, gpus = probe_gpus(PynvmlSource() if nvml is None else nvml)
+    driver, gpus = probe.result()
     gpus = map_cuda_ordinals(gpus, environ)
-    lap("nvml")
+    lap("nvml_wait")
+    timings.append(("nvml_seconds", round(probe.seconds, 4)))
     backends, cached = facts.backends, None
     if check_imports:
         todo = tuple(b.backend for b in backends if b.import_status is not ImportStatus.NOT_INSTALLED)
         key = imports.fingerprint(facts.software_key, environ, driver.driver_version)
-        results, cached = imports.check_imports(todo, key, cache_dir=cache_dir, refresh=refresh,
+        results, cached = imports.check_imports(todo, key, cache_dir=cache, refresh=refresh,
                                                 modules=import_modules, timeout=import_timeout, environ=environ)
         backends = tuple(replace(b, import_status=results[b.backend].status, import_error=results[b.backend].error)
                          if b.backend in results else b for b in backends)
@@ -76,8 +84,10 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
     if ledger.problem:
         findings.append(Finding("ledger_unreadable", problems.WARNING, ledger.problem,
                                 "fa4doctor smoke rewrites it; or remove the file"))
+    # os.uname() and sys.version give what socket.gethostname() and platform.python_version() would,
+    # without importing either (5 ms at every check)
     env = Environment(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                      hostname=socket.gethostname(), python=platform.python_version(), torch=torch,
+                      hostname=os.uname().nodename, python=sys.version.split()[0], torch=torch,
                       driver=driver, gpus=gpus, backends=backends, packages=facts.packages,
                       findings=tuple(findings), ledger=ledger.entries, jit_cache=jit,
                       cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),

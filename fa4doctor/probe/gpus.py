@@ -8,10 +8,14 @@ exception (ecosystem-anchors.md §5.1 rows 5, 7, 19). CUDA ordinals are filled i
 >>> driver, gpus = probe_gpus(FakeNvml({"init_error": 12, "init_message": "NVML Shared Library Not Found"}))
 >>> driver.nvml_status, gpus
 ('library_not_found', ())
+>>> GpuProbe(FakeNvml({"init_error": 12})).result()[0].nvml_status
+'library_not_found'
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -55,6 +59,64 @@ def probe_gpus(nvml: NvmlSource) -> tuple[DriverInfo, tuple[GpuFacts, ...]]:
         return driver, tuple(_gpu(nvml, index) for index in range(count))
     finally:
         nvml.shutdown()
+
+
+class GpuProbe:
+    """`probe_gpus(nvml)` in a background thread from the moment it is made; `result()` waits.
+
+    NVML spends its time in the driver (loading libnvidia-ml, `nvmlInit`, ioctls, loading libcuda
+    for the CUDA driver version) with the GIL released, so the probe runs beside Python work such
+    as imports and the metadata scan instead of after it. The result is handed over before
+    `nvmlShutdown`, which then runs while the caller goes on. `seconds` is the time to the result.
+    """
+
+    def __init__(self, nvml: NvmlSource):
+        self.seconds = 0.0
+        self._value: tuple[DriverInfo, tuple[GpuFacts, ...]] | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Event()
+        # a daemon thread: a driver that hangs in nvmlInit must not also hang the interpreter's exit
+        threading.Thread(target=self._run, args=(nvml,), name="fa4doctor-nvml", daemon=True).start()
+
+    def _run(self, nvml: NvmlSource) -> None:
+        started, source = time.perf_counter(), _ShutdownLater(nvml)
+        try:
+            self._value = probe_gpus(source)
+        except BaseException as exc:  # noqa: BLE001  handed to the caller by result()
+            self._error = exc
+        finally:
+            self.seconds = time.perf_counter() - started
+            self._ready.set()
+        if source.opened:
+            try:
+                nvml.shutdown()
+            except Exception:  # noqa: BLE001  the facts are delivered; a failed shutdown changes none
+                pass
+
+    def result(self) -> tuple[DriverInfo, tuple[GpuFacts, ...]]:
+        """What `probe_gpus` returned (or raised), once the thread has it."""
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+class _ShutdownLater:
+    """An NVML source whose `shutdown` is left to `GpuProbe`, after the result is handed over."""
+
+    def __init__(self, nvml: NvmlSource):
+        self.nvml, self.opened = nvml, False
+
+    def init(self) -> None:
+        self.nvml.init()
+        self.opened = True
+
+    def shutdown(self) -> None:
+        pass
+
+    def call(self, name: str, *args: Any) -> Any:
+        return self.nvml.call(name, *args)
 
 
 def _driver(nvml: NvmlSource) -> DriverInfo:

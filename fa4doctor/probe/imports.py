@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import ImportStatus
+from fa4doctor.probe.cache import default_cache_dir
 
 # What "importing a backend" means: the module a caller imports first, then its native part.
 MODULES: dict[BackendName, tuple[str, ...]] = {
@@ -139,12 +140,6 @@ def run_imports(backends: tuple[BackendName, ...], *, modules: Mapping[BackendNa
         results[backend] = ImportResult(status, error, round(time.monotonic() - started, 3),
                                         (result or {}).get("torch_cxx11_abi"))
     return results
-
-
-def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    environ = os.environ if environ is None else environ
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fa4doctor"
 
 
 def fingerprint(software_key: object, environ: Mapping[str, str], extra: object = None) -> str:

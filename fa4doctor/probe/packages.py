@@ -20,11 +20,13 @@ import importlib.metadata as metadata
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from email.parser import HeaderParser
 from pathlib import Path
 
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import BackendInstall, ImportStatus, Package
+from fa4doctor.probe import cache
 
 # Distributions that can provide each backend, best first (backend-rules.md §2.1, §3).
 PROVIDERS: dict[BackendName, tuple[str, ...]] = {
@@ -77,13 +79,41 @@ def canonicalize_name(name: str) -> str:
 
 
 def _name(dist: metadata.Distribution) -> str:
-    # Python 3.10+ reads the name from the dist-info directory without opening METADATA.
+    # Python 3.10+ reads the name from the dist-info directory without opening METADATA, already
+    # normalised with "_" for every run of "-_.", so a replace finishes the PEP 503 form.
     fast = getattr(dist, "_normalized_name", None)
-    return canonicalize_name(fast or dist.metadata["Name"] or "")
+    return fast.replace("_", "-") if fast else canonicalize_name(dist.metadata["Name"] or "")
 
 
 def _location(dist: metadata.Distribution) -> str:
     return str(dist.locate_file(""))
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """One distribution's METADATA headers, read once. The body after the first blank line (the
+    long description, 38 KB of torch's 40) is never parsed: `Distribution.version` would parse all
+    of it again on every access."""
+
+    name: str
+    display_name: str
+    version: str | None
+    location: str
+    requires: tuple[str, ...]
+
+    @classmethod
+    def read(cls, name: str, dist: metadata.Distribution) -> Installed:
+        # the order of `Distribution.metadata`; "" is an egg-info that is a file, not a directory
+        text = dist.read_text("METADATA")
+        egg = text is None
+        if egg:
+            text = dist.read_text("PKG-INFO") or dist.read_text("") or ""
+        headers = HeaderParser().parsestr(text.partition("\n\n")[0])
+        requires = headers.get_all("Requires-Dist") or ()
+        if egg and not requires:
+            requires = dist.requires or ()  # an egg-info keeps them in requires.txt
+        return cls(name=name, display_name=headers["Name"] or name, version=headers["Version"],
+                   location=_location(dist), requires=tuple(requires))
 
 
 def find_distributions(path: list[str] | None = None) -> tuple[dict[str, metadata.Distribution],
@@ -95,22 +125,26 @@ def find_distributions(path: list[str] | None = None) -> tuple[dict[str, metadat
     return {name: found[0] for name, found in every.items()}, every
 
 
-def scan_packages(path: list[str] | None = None) -> PackageFacts:
-    """All package facts of the Python environment that `path` describes (default `sys.path`)."""
+def scan_packages(path: list[str] | None = None, cache_dir: Path | None = None) -> PackageFacts:
+    """All package facts of the Python environment that `path` describes (default `sys.path`).
+
+    One pass over the distributions; METADATA is read only for the names in `REPORTED`, once each.
+    `cache_dir` keeps FA4's requirement checks between runs (`fa4_requirements`).
+    """
     first, every = find_distributions(path)
-    relevant = {name: dist for name, dist in first.items() if name in REPORTED}
-    packages = tuple(Package(name=name, version=dist.version, location=_location(dist))
-                     for name, dist in sorted(relevant.items()))
-    requirements = fa4_requirements(first)
-    backends = tuple(_backend(backend, first, requirements) for backend in PROVIDERS)
-    duplicates = tuple((name, tuple(d.version for d in found)) for name, found in sorted(every.items())
-                       if name in REPORTED and len({d.version for d in found}) > 1)
+    found = {name: tuple(Installed.read(name, d) for d in dists) for name, dists in every.items() if name in REPORTED}
+    relevant = {name: dists[0] for name, dists in found.items()}
+    packages = tuple(Package(name=name, version=d.version, location=d.location) for name, d in sorted(relevant.items()))
+    requirements = fa4_requirements(relevant, cache_dir)
+    backends = tuple(_backend(backend, relevant, requirements) for backend in PROVIDERS)
+    duplicates = tuple((name, tuple(d.version for d in dists)) for name, dists in sorted(found.items())
+                       if len({d.version for d in dists}) > 1)
     return PackageFacts(packages=packages, backends=backends, fa4_requirements=requirements,
                         cute_files=cute_ownership(first, path), duplicates=duplicates,
                         software_key=_software_key(every))
 
 
-def _backend(backend: BackendName, dists: dict[str, metadata.Distribution],
+def _backend(backend: BackendName, dists: dict[str, Installed],
              requirements: tuple[RequirementCheck, ...]) -> BackendInstall:
     name = next((n for n in PROVIDERS[backend] if n in dists), None)
     if name is None:
@@ -121,19 +155,41 @@ def _backend(backend: BackendName, dists: dict[str, metadata.Distribution],
         needs = ()
     else:
         needs = (("torch", dists["torch"].version),)
-    return BackendInstall(backend=backend, distribution=dists[name].metadata["Name"] or name,
-                          version=dists[name].version, dependencies=needs)
+    return BackendInstall(backend=backend, distribution=dists[name].display_name, version=dists[name].version,
+                          dependencies=needs)
 
 
-def fa4_requirements(dists: dict[str, metadata.Distribution]) -> tuple[RequirementCheck, ...]:
-    """FA4's `Requires-Dist` (no extras) for its key dependencies, against what is installed."""
+def fa4_requirements(dists: dict[str, Installed], cache_dir: Path | None = None) -> tuple[RequirementCheck, ...]:
+    """FA4's `Requires-Dist` (no extras) for its key dependencies, against what is installed.
+
+    With `cache_dir`, the answer is kept under a key of everything it depends on (the lines, the
+    installed versions, the interpreter and platform that markers read): parsing needs
+    `packaging.requirements`, whose import alone takes 20 ms, and the answer rarely changes.
+    """
     provider = next((dists[n] for n in PROVIDERS[BackendName.FA4] if n in dists), None)
     if provider is None:
         return ()
-    from packaging.requirements import InvalidRequirement, Requirement  # 40 ms: only with FA4 installed
+    installed = {name: dists[name].version for name in FA4_DEPENDENCIES if name in dists}
+    from packaging import __version__ as packaging_version  # the package alone: no parser loaded
+
+    uname = os.uname()  # what markers can read, less the host name
+    key = cache.key_of({"requires": provider.requires, "installed": installed, "packaging": packaging_version,
+                        "python": [sys.version, sys.implementation.name], "platform": [
+                            sys.platform, uname.sysname, uname.release, uname.version, uname.machine]})
+    found = None if cache_dir is None else cache.read_json(cache_dir, "requirements", key)
+    if isinstance(found, list):
+        return tuple(RequirementCheck(*row) for row in found)
+    checks = _check_requirements(provider.requires, installed)
+    if cache_dir is not None:
+        cache.write_json(cache_dir, "requirements", key, [list(astuple(c)) for c in checks])
+    return checks
+
+
+def _check_requirements(lines: tuple[str, ...], installed: dict[str, str | None]) -> tuple[RequirementCheck, ...]:
+    from packaging.requirements import InvalidRequirement, Requirement
 
     checks = []
-    for line in provider.requires or ():
+    for line in lines:
         try:
             requirement = Requirement(line)
         except InvalidRequirement:
@@ -143,9 +199,9 @@ def fa4_requirements(dists: dict[str, metadata.Distribution]) -> tuple[Requireme
         name = canonicalize_name(requirement.name)
         if name not in FA4_DEPENDENCIES:
             continue
-        installed = dists[name].version if name in dists else None
-        ok = installed is not None and requirement.specifier.contains(installed, prereleases=True)
-        checks.append(RequirementCheck(str(requirement), name, installed, ok))
+        version = installed.get(name)
+        ok = version is not None and requirement.specifier.contains(version, prereleases=True)
+        checks.append(RequirementCheck(str(requirement), name, version, ok))
     return tuple(checks)
 
 

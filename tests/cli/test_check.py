@@ -71,6 +71,7 @@ def test_json_follows_the_contract_and_loads_back(tmp_path, monkeypatch):
     verdict = report["verdicts"][0]
     assert set(verdict) >= {"gpu", "gpu_uuid", "gpu_name", "spec_name", "spec", "preferred", "chosen", "backends"}
     assert report["timings"]["total_seconds"] > 0 and report["smoke"] is None
+    assert {"setup_seconds", "packages_seconds", "nvml_seconds", "nvml_wait_seconds"} <= set(report["timings"])
     assert all(set(p) == {"code", "severity", "message", "fix"} for p in report["problems"])
     env = Environment.from_plain(report)
     assert [g.name for g in env.gpus] == ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB", "Tesla T4"]

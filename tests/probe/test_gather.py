@@ -100,3 +100,18 @@ def test_import_results_land_in_the_snapshot(site, tmp_path):
     assert install.import_status is ImportStatus.MISSING_DEPENDENCY and "cutlass_missing_here" in install.import_error
     assert "import_missing_dependency" in [f.code for f in gathered.env.findings]
     assert gathered.imports_cached is False and dict(gathered.timings)["imports_seconds"] > 0
+
+
+def test_nvml_runs_beside_the_package_scan_and_is_timed(site, tmp_path):
+    import platform
+    import socket
+
+    from fa4doctor.probe.gpus import GpuProbe
+
+    probe = GpuProbe(FakeNvml.from_file(NVML_FIXTURES / "healthy_h100.json"))  # started early, as check does
+    gathered = gather(gpu_probe=probe, check_imports=False, environ={}, path=[str(site)],
+                      ledger_path=tmp_path / "l.json")
+    timings = dict(gathered.timings)
+    assert {"packages_seconds", "nvml_seconds", "nvml_wait_seconds", "imports_seconds", "rest_seconds"} <= set(timings)
+    assert gathered.env.gpu(0).name == "NVIDIA H100 80GB HBM3"
+    assert (gathered.env.hostname, gathered.env.python) == (socket.gethostname(), platform.python_version())

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from probe_fakes import NVML_FIXTURES
 
-from fa4doctor.probe.gpus import probe_gpus
+from fa4doctor.probe.gpus import GpuProbe, probe_gpus
 from fa4doctor.probe.nvml import FakeNvml, NvmlFailure, PynvmlSource
 from fa4doctor.probe.problems import driver_findings, gpu_findings
 from fa4doctor.environment import TorchInfo
@@ -117,3 +118,63 @@ def test_production_source_without_a_driver_reports_instead_of_raising():
         source.shutdown()
         driver, _ = probe_gpus(PynvmlSource())
         assert driver.nvml_status == "ok" and driver.driver_version
+
+
+class _SlowNvml(FakeNvml):
+    """A driver that takes `seconds` in nvmlInit, off the GIL as a real driver call is."""
+
+    def __init__(self, data, seconds):
+        super().__init__(data)
+        self.seconds = seconds
+
+    def init(self):
+        time.sleep(self.seconds)
+        super().init()
+
+
+def test_gpu_probe_runs_beside_other_work():
+    data = json.loads((NVML_FIXTURES / "healthy_h100.json").read_text())
+    started = time.perf_counter()
+    probe = GpuProbe(_SlowNvml(data, 0.4))
+    time.sleep(0.4)  # the caller's own work: imports, the metadata scan
+    driver, (gpu,) = probe.result()
+    assert time.perf_counter() - started < 0.7  # one after the other would take 0.8 s
+    assert driver.nvml_status == "ok" and gpu.name == "NVIDIA H100 80GB HBM3" and probe.seconds >= 0.4
+    assert (driver, (gpu,)) == probe_gpus(FakeNvml(data))
+
+
+def test_gpu_probe_hands_an_unexpected_error_to_the_caller():
+    class Broken(FakeNvml):
+        def call(self, name, *args):
+            raise RuntimeError("bindings changed under us")
+
+    probe = GpuProbe(Broken({}))
+    with pytest.raises(RuntimeError, match="bindings changed"):
+        probe.result()
+
+
+def test_gpu_probe_shuts_nvml_down_after_handing_over_the_facts():
+    events = []
+
+    class Recording(FakeNvml):
+        def init(self):
+            events.append("init")
+
+        def shutdown(self):
+            time.sleep(0.05)
+            events.append("shutdown")
+
+    probe = GpuProbe(Recording(json.loads((NVML_FIXTURES / "healthy_h100.json").read_text())))
+    driver, gpus = probe.result()
+    events.append("result")
+    time.sleep(0.3)
+    assert driver.nvml_status == "ok" and len(gpus) == 1 and events == ["init", "result", "shutdown"]
+    failed = []
+
+    class NoDriver(FakeNvml):
+        def shutdown(self):
+            failed.append("shutdown")
+
+    GpuProbe(NoDriver({"init_error": 12})).result()
+    time.sleep(0.1)
+    assert failed == []  # nothing to shut down when init failed

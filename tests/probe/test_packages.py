@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import shutil
+
 from probe_fakes import CUTE_FILES, fa4, fa4_deps, write_dist
 
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import ImportStatus
+from fa4doctor.probe import packages
 from fa4doctor.probe.packages import scan_packages
 from fa4doctor.probe.problems import cute_findings, package_findings
 
@@ -122,3 +126,41 @@ def test_software_key_changes_when_a_distribution_changes(site):
     before = scan_packages(path=[str(site)]).software_key
     write_dist(site, "flash-attn", "2.8.3")
     assert scan_packages(path=[str(site)]).software_key != before
+
+
+def test_metadata_headers_only_and_read_once(site, monkeypatch):
+    # The body after the blank line is the long description: text in it is not a header.
+    info = write_dist(site, "torch", "2.13.0")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: torch\nVersion: 2.13.0\n\n"
+                                   "Version: 9.9.9\nRequires-Dist: not-a-header\n" + "long description\n" * 1000)
+    egg = site / "einops-0.8.2.egg-info"  # an egg-info keeps its metadata in PKG-INFO
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 1.2\nName: einops\nVersion: 0.8.2\n")
+    reads = []
+    real = importlib.metadata.PathDistribution.read_text
+    monkeypatch.setattr(importlib.metadata.PathDistribution, "read_text",
+                        lambda self, name: reads.append((self._path.name, name)) or real(self, name))
+    facts = scan_packages(path=[str(site)])
+    assert {p.name: p.version for p in facts.packages} == {"torch": "2.13.0", "einops": "0.8.2"}
+    assert _backend(facts, "sdpa").version == "2.13.0"
+    assert reads.count(("torch-2.13.0.dist-info", "METADATA")) == 1
+
+
+def test_fa4_requirement_checks_are_kept_by_content(site, tmp_path, monkeypatch):
+    fa4(site)
+    fa4_deps(site)
+    cache = tmp_path / "cache"
+    first = scan_packages(path=[str(site)], cache_dir=cache).fa4_requirements
+    assert len(first) == 4 and len(list(cache.glob("requirements-*.json"))) == 1
+
+    def parse_again(*args):
+        raise AssertionError("the cached answer should have been used")
+
+    monkeypatch.setattr(packages, "_check_requirements", parse_again)
+    assert scan_packages(path=[str(site)], cache_dir=cache).fa4_requirements == first
+    monkeypatch.undo()
+    for info in site.glob("nvidia_cutlass_dsl-*.dist-info"):
+        shutil.rmtree(info)
+    write_dist(site, "nvidia-cutlass-dsl", "4.4.1")  # another version: another key, a fresh answer
+    changed = scan_packages(path=[str(site)], cache_dir=cache).fa4_requirements
+    assert ("nvidia-cutlass-dsl", "4.4.1", False) in {(c.distribution, c.installed, c.satisfied) for c in changed}

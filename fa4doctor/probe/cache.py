@@ -1,0 +1,53 @@
+"""Small JSON results kept between checks, one file per key, in `$XDG_CACHE_HOME/fa4doctor`.
+
+A key is a hash of everything the result depends on, so an entry is never stale, only unused;
+the newest `keep` files of a kind are kept. A missing, foreign or unwritable cache is only a miss.
+
+>>> import tempfile
+>>> folder = Path(tempfile.mkdtemp())
+>>> write_json(folder, "demo", key_of({"a": 1}), [1, 2]); read_json(folder, "demo", key_of({"a": 1}))
+[1, 2]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "fa4doctor"
+
+
+def key_of(facts: object) -> str:
+    """A short hash of `facts` (anything JSON can write, other values by `str`)."""
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def read_json(cache_dir: Path, kind: str, key: str) -> Any | None:
+    try:
+        data = json.loads((cache_dir / f"{kind}-{key}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data.get("value") if isinstance(data, dict) and data.get("key") == key else None
+
+
+def write_json(cache_dir: Path, kind: str, key: str, value: Any, keep: int = 8) -> None:
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{kind}.", suffix=".tmp", dir=cache_dir)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"key": key, "value": value}, handle)
+        os.replace(tmp, cache_dir / f"{kind}-{key}.json")
+        files = sorted(cache_dir.glob(f"{kind}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for stale in files[keep:]:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only home only costs the next check its speed
