@@ -120,7 +120,7 @@ def _check_gpu(env, gpu: int) -> None:
 
 def _explain_one(name: str, spec: AttentionSpec, env, policy, gpu: int):
     from fa4doctor.dispatch.backends.sdpa import kernels
-    from fa4doctor.dispatch.select import decide
+    from fa4doctor.dispatch.selection import decide
     from fa4doctor.exporters.explain_view import Explanation
 
     decision = decide(spec, env, policy, gpu)

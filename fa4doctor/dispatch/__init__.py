@@ -26,8 +26,8 @@ _EXPORTS = {
     "NoBackendAvailable": "fa4doctor.dispatch.reasons",
     "PolicyError": "fa4doctor.dispatch.reasons",
     "Policy": "fa4doctor.dispatch.policy",
-    "select": "fa4doctor.dispatch.select",
-    "decide": "fa4doctor.dispatch.select",
+    "select": "fa4doctor.dispatch.selection",
+    "decide": "fa4doctor.dispatch.selection",
     "attention": "fa4doctor.dispatch.runtime",
 }
 

@@ -21,7 +21,7 @@ from fa4doctor.dispatch import inputs, local_env, metrics
 from fa4doctor.dispatch.adapters import AdapterImportError, adapter
 from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_STRICT, Policy
 from fa4doctor.dispatch.reasons import BackendName, Decision
-from fa4doctor.dispatch.select import select
+from fa4doctor.dispatch.selection import select
 from fa4doctor.dispatch.spec import AttentionSpec
 
 log = logging.getLogger("fa4doctor.dispatch")

@@ -1,6 +1,6 @@
 """`fa4doctor explain` output: one decision as a terminal table or as JSON. Renders, never decides.
 
->>> from fa4doctor.dispatch.select import decide
+>>> from fa4doctor.dispatch.selection import decide
 >>> from fa4doctor.environment import Environment
 >>> spec = AttentionSpec(device="cpu")
 >>> plain = explanation_to_plain(Explanation("demo", spec, decide(spec, Environment()), ()))

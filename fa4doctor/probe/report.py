@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from fa4doctor.dispatch.policy import Policy
 from fa4doctor.dispatch.reasons import BackendName, decision_to_plain
-from fa4doctor.dispatch.select import decide
+from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.environment import Environment, GpuFacts
 from fa4doctor.probe.default_specs import DEFAULT_SPECS

@@ -5,7 +5,7 @@ from __future__ import annotations
 from packaging.version import Version
 
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
-from fa4doctor.dispatch.select import decide
+from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.environment import BackendInstall, Environment, GpuFacts, ImportStatus, TorchInfo
 

@@ -9,7 +9,7 @@ import pytest
 
 from fa4doctor.dispatch.policy import Policy
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
-from fa4doctor.dispatch.select import decide
+from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.environment import Environment, load_environment
 

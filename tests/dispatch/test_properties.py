@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode, decision_to_plain
-from fa4doctor.dispatch.select import cache_clear, decide
+from fa4doctor.dispatch.selection import cache_clear, decide
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType, QkvFormat, SpecError
 from fa4doctor.environment import ImportStatus
 

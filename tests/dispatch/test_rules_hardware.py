@@ -45,7 +45,7 @@ def test_fa4_on_sm80_is_inference_only_and_experimental():
 
 @pytest.mark.parametrize("backend", FLASH)
 def test_tensors_off_cuda_go_to_sdpa(backend):
-    from fa4doctor.dispatch.select import decide
+    from fa4doctor.dispatch.selection import decide
 
     decision = decide(AttentionSpec(device="cpu"), only(backend, (9, 0)))
     assert R.NOT_CUDA in {r.code for r in decision.reasons_for(backend)}

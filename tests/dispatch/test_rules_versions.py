@@ -6,7 +6,7 @@ import pytest
 
 from fa4doctor.dispatch.backends import FA2, FA3, FA4
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
-from fa4doctor.dispatch.select import decide
+from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.versions import at_least, below, parse
 from fa4doctor.environment import ImportStatus

@@ -7,7 +7,7 @@ import pytest
 from fa4doctor.dispatch.policy import Policy
 from fa4doctor.dispatch.reasons import (BackendName, BackendNotEligible, FallbackRefused, NoBackendAvailable,
                                         PolicyError, ReasonCode, decision_to_plain)
-from fa4doctor.dispatch.select import decide, select
+from fa4doctor.dispatch.selection import decide, select
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import LedgerEntry
@@ -113,3 +113,13 @@ def test_sdpa_smoke_failure_is_an_advisory_not_a_refusal():
     decision = decide(AttentionSpec(attn_mask_type="causal"), env)
     assert decision.chosen is B.SDPA
     assert R.SMOKE_FAILED in {r.code for r in dict(decision.advisories)[B.SDPA]}
+
+
+def test_the_package_exports_the_functions_not_their_modules():
+    # `from fa4doctor.dispatch import select` is the public API; a submodule of the same name
+    # would shadow the function once imported.
+    import fa4doctor.dispatch.selection  # noqa: F401 (the import that used to shadow it)
+    from fa4doctor.dispatch import attention, decide, select
+
+    assert callable(select) and callable(decide) and callable(attention)
+    assert select.__module__ == "fa4doctor.dispatch.selection"

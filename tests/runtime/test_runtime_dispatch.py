@@ -10,7 +10,7 @@ import torch
 
 from fa4doctor.dispatch import BackendNotEligible, attention, local_env, runtime
 from fa4doctor.dispatch.inputs import prepare
-from fa4doctor.dispatch.select import select
+from fa4doctor.dispatch.selection import select
 from fa4doctor.environment import BackendInstall, Environment, GpuFacts, ImportStatus
 
 from .reference import reference, rel_err

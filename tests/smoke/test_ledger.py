@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from fa4doctor.cli import cli
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
-from fa4doctor.dispatch.select import decide
+from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import LedgerEntry

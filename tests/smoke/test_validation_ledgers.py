@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fa4doctor.dispatch.select import decide
+from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import matches
 from fa4doctor.environment import load_environment
