@@ -94,9 +94,12 @@ def _specs(ctx: click.Context, options: dict) -> list[tuple[str, AttentionSpec]]
 
 def _environment(env_file: str | None, ledger_file: str | None):
     if env_file is not None:
-        from fa4doctor.environment import load_environment
+        from fa4doctor.environment import SnapshotError, load_environment
 
-        env, source = load_environment(env_file), env_file
+        try:
+            env, source = load_environment(env_file), env_file
+        except SnapshotError as exc:
+            raise click.BadParameter(str(exc), param_hint="--env") from None
     else:
         from fa4doctor.probe.gather import gather_environment  # the probe: this machine's facts
 

@@ -56,8 +56,11 @@ def _progress(lines: bool):
 
 def _environment(env_file: Path | None, ledger: Path | None):
     if env_file is not None:
-        from fa4doctor.environment import load_environment
-        return load_environment(env_file)
+        from fa4doctor.environment import SnapshotError, load_environment
+        try:
+            return load_environment(env_file)
+        except SnapshotError as exc:
+            raise click.BadParameter(str(exc), param_hint="--env") from None
     from fa4doctor.probe.gather import gather_environment
     # Imports are not checked here: running the kernels is the stronger check.
     return gather_environment(check_imports=False, ledger_path=ledger)
