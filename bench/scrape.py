@@ -1,8 +1,8 @@
 """Benchmark of `fa4doctor serve` (prints figures; not a timed test).
 
 Starts the real daemon on loopback with 64 writer processes' counter files in its metrics
-directory (each with every backend and a spread of fallback reasons, their shared locks held so
-every file is checked as live), then measures:
+directory (each with every backend and a spread of fallback reasons, their shared locks held as
+live writers hold them, so compaction leaves every file in place), then measures:
 
   * scrape latency of GET /metrics, p50 and p99 over --scrapes sequential requests, then where
     it goes: the HTTP round trip of a route that does no work, and the scrape's own work step by
@@ -33,22 +33,21 @@ import time
 import urllib.request
 from pathlib import Path
 
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.mmap_dict import MmapedDict
 
+from fa4doctor.dispatch.metrics import calls_key, fallbacks_key
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_writer_file(path: Path, seed: int) -> None:
+    """One writer's file, keyed as the dispatcher keys it."""
     out = MmapedDict(str(path))
     for backend in BackendName:
-        out.write_value(mmap_key("fa4doctor_dispatch_calls", "fa4doctor_dispatch_calls_total",
-                                 ["backend"], [backend.value], "calls"), 100.0 + seed, 0.0)
+        out.write_value(calls_key(backend.value), 100.0 + seed, 0.0)
     for reason in list(ReasonCode)[seed % 5: seed % 5 + 6]:
-        out.write_value(mmap_key("fa4doctor_dispatch_fallbacks", "fa4doctor_dispatch_fallbacks_total",
-                                 ["preferred", "selected", "reason"], ["fa4", "sdpa", reason.value],
-                                 "fallbacks"), 3.0, 0.0)
+        out.write_value(fallbacks_key(("fa4", "sdpa", reason.value)), 3.0, 0.0)
     out.close()
 
 

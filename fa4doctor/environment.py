@@ -94,6 +94,15 @@ class GpuFacts:
         return self.compute_capability[0] * 10 + self.compute_capability[1]
 
 
+def cuda_version_text(version: int) -> str:
+    """NVML's integer CUDA version as text: 13000 -> "13.0", 12080 -> "12.8".
+
+    >>> cuda_version_text(12080)
+    '12.8'
+    """
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
 @dataclass(frozen=True, slots=True)
 class DriverInfo:
     nvml_status: str = "not_checked"  # ok, library_not_found, lib_rm_mismatch, driver_not_loaded, ...

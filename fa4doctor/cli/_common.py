@@ -14,7 +14,16 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-EXIT_OK, EXIT_TOOL_FAILED, EXIT_USAGE, EXIT_PROBLEMS = 0, 1, 2, 3
+from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS, EXIT_TOOL_FAILED, EXIT_USAGE
+
+__all__ = ["BACKENDS", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_TOOL_FAILED", "EXIT_USAGE", "SMOKE_LEVELS",
+           "handle_errors", "load_env_option", "usage_errors"]
+
+# The levels of fa4doctor.probe.smoke.cases.LEVELS and the values of dispatch.reasons.BackendName,
+# repeated here so `--help` loads neither (tests/cli/test_check.py and tests/smoke/test_cases.py
+# hold them equal).
+SMOKE_LEVELS = ("quick", "standard", "thorough")
+BACKENDS = ("fa4", "fa3", "fa2", "sdpa")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,6 +36,16 @@ def usage_errors() -> tuple[type[BaseException], ...]:
     from fa4doctor.records import RecordError
 
     return (SpecError, PolicyError, SnapshotError, RecordError)
+
+
+def load_env_option(path, flag: str = "--env"):
+    """The `Environment` snapshot a `--env FILE` option names; an unreadable one is a usage error."""
+    from fa4doctor.environment import SnapshotError, load_environment
+
+    try:
+        return load_environment(path)
+    except SnapshotError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def handle_errors(function: F) -> F:

@@ -12,11 +12,7 @@ from pathlib import Path
 
 import click
 
-from fa4doctor.cli._common import handle_errors
-
-# The levels of fa4doctor.probe.smoke.cases.LEVELS, repeated here so `--help` loads no smoke code.
-SMOKE_LEVELS = ("quick", "standard", "thorough")
-BACKENDS = ("fa4", "fa3", "fa2", "sdpa")
+from fa4doctor.cli._common import BACKENDS, SMOKE_LEVELS, handle_errors
 
 
 def _prom_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from fa4doctor.cli._common import EXIT_OK, EXIT_PROBLEMS, handle_errors
+from fa4doctor.cli._common import EXIT_OK, EXIT_PROBLEMS, handle_errors, load_env_option
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType, QkvFormat, SpecError
 
 # AttentionSpec field -> the flag that sets it, so a SpecError names what the user typed.
@@ -94,12 +94,7 @@ def _specs(ctx: click.Context, options: dict) -> list[tuple[str, AttentionSpec]]
 
 def _environment(env_file: str | None, ledger_file: str | None):
     if env_file is not None:
-        from fa4doctor.environment import SnapshotError, load_environment
-
-        try:
-            env, source = load_environment(env_file), env_file
-        except SnapshotError as exc:
-            raise click.BadParameter(str(exc), param_hint="--env") from None
+        env, source = load_env_option(env_file), env_file
     else:
         from fa4doctor.probe.gather import gather_environment  # the probe: this machine's facts
 

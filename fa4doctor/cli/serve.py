@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-from dataclasses import replace
 import shlex
 import signal
 import threading
@@ -12,28 +11,33 @@ import threading
 import click
 
 from fa4doctor.cli._common import handle_errors
-from fa4doctor.exporters.daemon import SMOKE_LEVELS
+from fa4doctor.exporters.daemon import SMOKE_LEVELS, ServeConfig
+from fa4doctor.exporters.server import DEFAULT_PORT
+
+DEFAULTS = ServeConfig()  # one set of defaults for the flags and the daemon
 
 
 @click.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=9847, show_default=True,
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
               help="Port (9847: from the exporter range of Prometheus's default port allocations).")
-@click.option("--interval", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
+@click.option("--interval", type=click.FloatRange(min=1.0), default=DEFAULTS.interval, show_default=True,
               help="Seconds between probe cycles (`fa4doctor check --json` in a child process).")
-@click.option("--smoke-interval", type=click.FloatRange(min=1.0), default=21600.0, show_default=True,
+@click.option("--smoke-interval", type=click.FloatRange(min=1.0), default=DEFAULTS.smoke_interval,
+              show_default=True,
               help="Seconds between smoke cycles; they run only on GPUs with no compute process.")
-@click.option("--smoke-level", type=click.Choice(SMOKE_LEVELS), default="quick", show_default=True,
-              help="Smoke kernel level; `off` never runs a kernel on this node.")
+@click.option("--smoke-level", type=click.Choice(SMOKE_LEVELS), default=DEFAULTS.smoke_level,
+              show_default=True, help="Smoke kernel level; `off` never runs a kernel on this node.")
 @click.option("--metrics-dir", type=click.Path(file_okay=False), envvar="FA4DOCTOR_METRICS_DIR",
               help="Directory the training processes' dispatch counters are written to "
                    "[env FA4DOCTOR_METRICS_DIR]. Read on every scrape, compacted between.")
 @click.option("--ledger", type=click.Path(dir_okay=False), envvar="FA4DOCTOR_LEDGER",
               help="Vetting ledger the probe and smoke children use [env FA4DOCTOR_LEDGER].")
-@click.option("--probe-timeout", type=click.FloatRange(min=1.0), default=120.0, show_default=True,
+@click.option("--probe-timeout", type=click.FloatRange(min=1.0), default=DEFAULTS.probe_timeout,
+              show_default=True,
               help="Seconds before a probe child is killed (its whole process group).")
-@click.option("--smoke-timeout", type=click.FloatRange(min=1.0), default=1800.0, show_default=True,
-              help="Seconds before a smoke child is killed.")
+@click.option("--smoke-timeout", type=click.FloatRange(min=1.0), default=DEFAULTS.smoke_timeout,
+              show_default=True, help="Seconds before a smoke child is killed.")
 # Hidden seams for tests and unusual installs: the argv of the children, shell-quoted.
 @click.option("--probe-command", hidden=True, help="argv of the probe child.")
 @click.option("--smoke-command", hidden=True, help="argv of the smoke child.")
@@ -52,7 +56,7 @@ def serve(host: str, port: int, interval: float, smoke_interval: float, smoke_le
       FA4DOCTOR_METRICS_DIR=/var/lib/fa4doctor/metrics fa4doctor serve --port 9847
     """
     from fa4doctor.exporters.collector import Collector
-    from fa4doctor.exporters.daemon import Daemon, ServeConfig
+    from fa4doctor.exporters.daemon import Daemon
     from fa4doctor.exporters.server import make_server
 
     if metrics_dir:
@@ -61,11 +65,11 @@ def serve(host: str, port: int, interval: float, smoke_interval: float, smoke_le
         except OSError as exc:
             raise click.BadParameter(f"cannot create {metrics_dir!r}: {exc.strerror or exc}",
                                      param_hint="--metrics-dir") from None
+    commands = {"probe_command": probe_command, "smoke_command": smoke_command}
     config = ServeConfig(interval=interval, smoke_interval=smoke_interval, smoke_level=smoke_level,
                          probe_timeout=probe_timeout, smoke_timeout=smoke_timeout,
-                         metrics_dir=metrics_dir, ledger=ledger)
-    commands = {"probe_command": probe_command, "smoke_command": smoke_command}
-    config = replace(config, **{k: tuple(shlex.split(v)) for k, v in commands.items() if v})
+                         metrics_dir=metrics_dir, ledger=ledger,
+                         **{k: tuple(shlex.split(v)) for k, v in commands.items() if v})
     daemon = Daemon(config)
     collector = Collector(lambda: daemon.state, metrics_dir=metrics_dir, metrics_lock=daemon.metrics_lock)
     try:

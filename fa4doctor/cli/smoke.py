@@ -11,11 +11,7 @@ from pathlib import Path
 
 import click
 
-from fa4doctor.cli._common import EXIT_OK, EXIT_PROBLEMS, handle_errors
-
-# fa4doctor.probe.smoke.cases.LEVELS, repeated so that `--help` loads no smoke code.
-LEVELS = ("quick", "standard", "thorough")
-BACKENDS = ("fa4", "fa3", "fa2", "sdpa")
+from fa4doctor.cli._common import BACKENDS, EXIT_OK, EXIT_PROBLEMS, SMOKE_LEVELS, handle_errors, load_env_option
 
 EPILOG = """\b
 Examples:
@@ -56,18 +52,14 @@ def _progress(lines: bool):
 
 def _environment(env_file: Path | None, ledger: Path | None):
     if env_file is not None:
-        from fa4doctor.environment import SnapshotError, load_environment
-        try:
-            return load_environment(env_file)
-        except SnapshotError as exc:
-            raise click.BadParameter(str(exc), param_hint="--env") from None
+        return load_env_option(env_file)
     from fa4doctor.probe.gather import gather_environment
     # Imports are not checked here: running the kernels is the stronger check.
     return gather_environment(check_imports=False, ledger_path=ledger)
 
 
 @click.command(epilog=EPILOG)
-@click.option("--level", type=click.Choice(LEVELS), default="quick", show_default=True,
+@click.option("--level", type=click.Choice(SMOKE_LEVELS), default="quick", show_default=True,
               help="quick: one case per backend; standard: masks, GQA, windows, varlen, MLA, fp16; "
                    "thorough: every head dim in steps of 8, causal and not.")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(BACKENDS, case_sensitive=False),

@@ -7,8 +7,7 @@ package costs nothing (no torch, no CUDA).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fa4doctor._lazy import lazy_exports
 
 _EXPORTS = {
     "AttentionSpec": "fa4doctor.dispatch.spec",
@@ -32,9 +31,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fa4doctor.dispatch' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 
 from fa4doctor.dispatch.backends import PRIORITY
@@ -31,10 +30,10 @@ def _version(distribution: str) -> str | None:
         return None
 
 
-def backend_installs(version: Callable[[str], str | None] = _version) -> tuple[BackendInstall, ...]:
+def backend_installs() -> tuple[BackendInstall, ...]:
     installs = []
     for backend in PRIORITY:
-        found = next(((d, v) for d in backend.DISTRIBUTIONS if (v := version(d)) is not None), None)
+        found = next(((d, v) for d in backend.DISTRIBUTIONS if (v := _version(d)) is not None), None)
         distribution, text = found if found else (None, None)
         status, error = ImportStatus.NOT_CHECKED, None
         if backend.NAME in _import_failures:

@@ -99,9 +99,8 @@ def fallbacks_key(labels: tuple[str, str, str]) -> str:
     return mmap_key(FALLBACKS, FALLBACKS + "_total", list(FALLBACK_LABELS), list(labels), FALLBACKS_HELP)
 
 
-def metrics_dir(environ=None) -> Path | None:
-    environ = os.environ if environ is None else environ
-    text = environ.get(ENV_METRICS_DIR) or environ.get(ENV_MULTIPROC_DIR)
+def metrics_dir() -> Path | None:
+    text = os.environ.get(ENV_METRICS_DIR) or os.environ.get(ENV_MULTIPROC_DIR)
     return Path(text) if text else None
 
 

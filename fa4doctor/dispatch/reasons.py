@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from fa4doctor.records import to_plain
+
 
 class BackendName(StrEnum):
     FA4 = "fa4"
@@ -167,7 +169,6 @@ def decision_to_plain(decision: Decision) -> dict:
         "fell_back": decision.fell_back,
         "fallback_reason": decision.fallback_code.value if decision.fallback_code else None,
         "backends": [{"backend": name.value, "eligible": not found,
-                      "reasons": [{"code": r.code.value, "detail": r.detail} for r in found],
-                      "advisories": [{"code": r.code.value, "detail": r.detail} for r in notes.get(name, ())]}
+                      "reasons": to_plain(found), "advisories": to_plain(notes.get(name, ()))}
                      for name, found in decision.reasons],
     }

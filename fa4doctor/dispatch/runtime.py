@@ -43,10 +43,10 @@ _grad_enabled = torch.is_grad_enabled
 class Plan:
     spec: AttentionSpec
     scale: float
-    decision: Decision | None
+    decision: Decision
     run: Callable[..., torch.Tensor]
-    tally: metrics.Tally | None
-    counters: metrics.DispatchCounters | None
+    tally: metrics.Tally
+    counters: metrics.DispatchCounters
 
 
 _plans: dict[Any, Plan] = {}
@@ -88,11 +88,6 @@ def _execute(run, q, k, v, varlen, alibi_slopes, learnable_sink) -> torch.Tensor
     return full.view(*q.shape[:2], *out.shape[1:])
 
 
-def _bind(prepared: inputs.Prepared, env, backend: BackendName):
-    gpu = env.gpu(prepared.gpu) if prepared.gpu is not None else None
-    return adapter(backend).bind(prepared.spec, prepared.scale, gpu.compute_capability if gpu else None)
-
-
 def _log_once(decision: Decision, spec: AttentionSpec) -> None:
     if decision in _logged:
         return
@@ -111,7 +106,7 @@ def _new_plan(prepared: inputs.Prepared, raw_policy: tuple) -> Plan:
     for _ in BackendName:  # each round can only rule out one more backend
         decision = select(spec, env, policy, prepared.gpu or 0)
         try:
-            run = _bind(prepared, env, decision.chosen)
+            run = adapter(decision.chosen).bind(spec, prepared.scale)
             break
         except AdapterImportError as exc:
             log.warning("fa4doctor: %s; deciding again without it", exc)
@@ -195,10 +190,7 @@ def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:
     """
     name = BackendName.parse(backend, "backend")
     prepared = inputs.prepare(q, k, v, **kwargs)
-    capability = None
-    if prepared.gpu is not None:
-        capability = tuple(torch.cuda.get_device_capability(prepared.gpu))
-    run = adapter(name).bind(prepared.spec, prepared.scale, capability)
+    run = adapter(name).bind(prepared.spec, prepared.scale)
     return _execute(run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
 
 

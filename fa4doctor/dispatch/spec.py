@@ -20,6 +20,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
+from fa4doctor.records import to_plain
+
 
 class SpecError(ValueError):
     """An invalid attention description: names the field and, where they are few, the valid values."""
@@ -138,10 +140,10 @@ class AttentionSpec:
         put("dtype", _enum(Dtype, "dtype", self.dtype))
         put("qkv_format", _enum(QkvFormat, "qkv_format", self.qkv_format))
         put("attn_mask_type", _enum(MaskType, "attn_mask_type", self.attn_mask_type))
-        for name in ("head_dim_v", "num_heads_kv", "seqlen_kv"):
+        for name, default in (("head_dim_v", "head_dim_qk"), ("num_heads_kv", "num_heads_q"),
+                              ("seqlen_kv", "seqlen_q")):
             if getattr(self, name) is None:
-                put(name, getattr(self, {"head_dim_v": "head_dim_qk", "num_heads_kv": "num_heads_q",
-                                         "seqlen_kv": "seqlen_q"}[name]))
+                put(name, getattr(self, default))
         if self.qkv_format is QkvFormat.THD or self.attn_mask_type.is_padding:
             put("varlen", True)
         if self.same_seqlens is not None and not isinstance(self.same_seqlens, bool):
@@ -228,10 +230,7 @@ class AttentionSpec:
         return self.device.split(":")[0] == "cuda"
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data.update(dtype=self.dtype.value, qkv_format=self.qkv_format.value,
-                    attn_mask_type=self.attn_mask_type.value, window_size=list(self.window_size))
-        return data
+        return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AttentionSpec:
@@ -239,10 +238,7 @@ class AttentionSpec:
         unknown = sorted(set(data) - fields)
         if unknown:
             raise SpecError(unknown[0], "unknown spec field", sorted(fields))
-        values = dict(data)
-        if isinstance(values.get("window_size"), list):
-            values["window_size"] = tuple(values["window_size"])
-        return cls(**values)
+        return cls(**data)  # __post_init__ turns enum values and a window list into their types
 
     def short(self) -> str:
         """A one-line label for tables and logs."""

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fa4doctor.environment import cuda_version_text
+
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 IMPORT_STYLE = {"ok": "green", "not_installed": "dim", "not_checked": "dim"}
 
@@ -38,7 +40,7 @@ def _software(env: dict, imports_cached: bool | None) -> Table:
     rows = [("host", env.get("hostname") or "?"), ("python", env.get("python") or "?"),
             ("torch", f"{torch.get('version') or 'not installed'} (CUDA {torch.get('cuda') or 'none'}, "
                       f"C++11 ABI {_text(torch.get('cxx11_abi'))})"),
-            ("driver", f"{driver.get('driver_version') or '-'} (CUDA {cuda // 1000}.{cuda % 1000 // 10})"
+            ("driver", f"{driver.get('driver_version') or '-'} (CUDA {cuda_version_text(cuda)})"
                        if cuda else driver.get("driver_version") or "-"),
             ("NVML", driver["nvml_status"] + (f": {driver['nvml_error']}" if driver.get("nvml_error") else "")),
             ("CUDA_VISIBLE_DEVICES", _text(env.get("cuda_visible_devices"))),

@@ -9,7 +9,7 @@ only its families. A family name that appears twice is kept once (the first), so
 renderer can never make the scrape invalid.
 
 >>> from prometheus_client import CollectorRegistry
->>> from fa4doctor.exporters.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
+>>> from fa4doctor.exporters.daemon import DaemonState
 >>> registry = CollectorRegistry()
 >>> registry.register(Collector(lambda: DaemonState(probe_up=True)))
 >>> registry.get_sample_value("fa4doctor_probe_up")
@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from fa4doctor.exporters import multiproc
 from fa4doctor.exporters.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
+from fa4doctor.exporters.textfile import Families
 
 # (module, function, state attribute): the renderers engineers of the probe and smoke own.
 RENDERERS = (
@@ -37,16 +38,6 @@ RENDERERS = (
 
 OPENMETRICS_EOF = b"# EOF\n"  # ends every OpenMetrics exposition: only the last part keeps it
 MAX_MEDIA_TYPES = 8
-
-
-class _Families:
-    """A registry stand-in for an encoder: `collect()` yields the given families."""
-
-    def __init__(self, families: list[Metric]):
-        self._families = families
-
-    def collect(self) -> list[Metric]:
-        return self._families
 
 
 def _import_renderer(module: str, function: str) -> Callable[[dict], list[Metric]] | None:
@@ -97,7 +88,7 @@ class Collector:
             texts = self._texts if self._texts_state is state else {}
             static = texts.get(media_type)
         if static is None:
-            static = encoder(_Families(families))
+            static = encoder(Families(families))
             if media_type.startswith("application/openmetrics-text"):
                 static = static.removesuffix(OPENMETRICS_EOF)
             with self._cache_lock:
@@ -106,7 +97,7 @@ class Collector:
                 if len(self._texts) < MAX_MEDIA_TYPES:  # clients choose versions in Accept
                     self._texts[media_type] = static
         dispatch = [family for family in self._dispatch_families() if family.name not in names]
-        return static + encoder(_Families(dispatch))
+        return static + encoder(Families(dispatch))
 
     def _families(self, state: DaemonState) -> tuple[list[Metric], frozenset[str]]:
         """The report, smoke and health families of one state, each name once (the first)."""
@@ -168,7 +159,7 @@ def health_families(state: DaemonState, rendered: dict[str, bool] | None = None)
         _gauge("fa4doctor_serve_ready", "1 once the first probe cycle has finished.", state.ready),
         _gauge("fa4doctor_serve_start_time_seconds", "When the daemon started (Unix time).", state.started),
         _counter("fa4doctor_probe_cycles", "Probe cycles run.", state.probe_cycles),
-        _by_label(CounterMetricFamily, "fa4doctor_probe_failures",
+        _by_label("fa4doctor_probe_failures",
                   "Probe cycles without a valid report, by outcome.", "outcome", state.probe_failures,
                   FAILURE_OUTCOMES),
         _gauge("fa4doctor_nvml_poll_up", "1 if the daemon's last in-process NVML poll succeeded.",
@@ -176,10 +167,10 @@ def health_families(state: DaemonState, rendered: dict[str, bool] | None = None)
         _counter("fa4doctor_nvml_poll_failures", "In-process NVML polls that failed.",
                  state.nvml_poll_failures),
         _counter("fa4doctor_serve_smoke_runs", "Smoke child processes started.", state.smoke_runs),
-        _by_label(CounterMetricFamily, "fa4doctor_serve_smoke_failures",
+        _by_label("fa4doctor_serve_smoke_failures",
                   "Smoke children without a valid report, by outcome.", "outcome", state.smoke_failures,
                   FAILURE_OUTCOMES),
-        _by_label(CounterMetricFamily, "fa4doctor_serve_smoke_skips",
+        _by_label("fa4doctor_serve_smoke_skips",
                   "Smoke cycles skipped, by why (gpus_busy, nvml_unavailable, no_gpu).", "reason",
                   state.smoke_skips, SKIP_REASONS),
         _counter("fa4doctor_metrics_dir_compacted_files", "Dead writers' files merged into the archive.",
@@ -221,9 +212,8 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value))
 
 
-def _by_label(kind: type, name: str, doc: str, label: str, pairs: tuple,
-              known: tuple[str, ...]) -> Metric:
-    family = kind(name, doc, labels=[label])
+def _by_label(name: str, doc: str, label: str, pairs: tuple, known: tuple[str, ...]) -> Metric:
+    family = CounterMetricFamily(name, doc, labels=[label])
     for key, value in sorted((dict.fromkeys(known, 0) | dict(pairs)).items()):
         family.add_metric([key], float(value))
     return family

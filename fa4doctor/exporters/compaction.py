@@ -68,26 +68,22 @@ def compact(root: str | os.PathLike, *, grace_seconds: float = DEFAULT_GRACE_SEC
     for stale in _absorbed_names(archive):
         if not _unlink(root / stale):
             still.add(stale)
-    dead = [p for p in counter_files(root) if p.name.startswith("counter_") and p.name != ARCHIVE_NAME
-            and _relative(root, p) not in still and _old(p, now, grace_seconds) and _ours(p)
-            and not writer_alive(p)]
+    dead = {rel: p for rel, p in counter_files(root).items()
+            if p.name.startswith("counter_") and p.name != ARCHIVE_NAME and rel not in still
+            and _old(p, now, grace_seconds) and _ours(p) and not writer_alive(p)}
     if not dead:
         return Compaction(removed_dirs=_remove_empty_dirs(root, now, grace_seconds))
     try:
         _write_archive(root, archive, dead, still)
     except UNREADABLE as exc:
         return Compaction(error=f"{type(exc).__name__}: {exc}")
-    for path in dead:
+    for path in dead.values():
         _unlink(path)
     return Compaction(absorbed=len(dead), removed_dirs=_remove_empty_dirs(root, now, grace_seconds))
 
 
-def _relative(root: Path, path: Path) -> str:
-    return path.name if path.parent == root else f"{path.parent.name}/{path.name}"
-
-
-def _write_archive(root: Path, archive: Path, dead: list[Path], still: set[str]) -> None:
-    sources = [archive, *dead] if archive.exists() else dead
+def _write_archive(root: Path, archive: Path, dead: dict[str, Path], still: set[str]) -> None:
+    sources = [archive, *dead.values()] if archive.exists() else list(dead.values())
     totals: dict[tuple, float] = {}
     for path in sources:
         for family, name, labels, value in read_values(path):
@@ -102,7 +98,7 @@ def _write_archive(root: Path, archive: Path, dead: list[Path], still: set[str])
             help_text = FAMILIES[family][0]
             out.write_value(mmap_key(family, name, [k for k, _ in labels], [v for _, v in labels],
                                      help_text), value, 0.0)
-        for rel in sorted(still | {_relative(root, p) for p in dead}):
+        for rel in sorted(still | dead.keys()):
             out.write_value(json.dumps([ABSORBED, rel, {}, ""]), 1.0, 0.0)
     finally:
         out.close()

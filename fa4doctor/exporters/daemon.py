@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from fa4doctor.dispatch.metrics import ENV_METRICS_DIR, ENV_MULTIPROC_DIR
 from fa4doctor.exporters import compaction, multiproc
+from fa4doctor.probe.ledger import ENV_LEDGER
 
 # "off" plus the levels of `fa4doctor smoke` (fa4doctor/probe/smoke/cases.py LEVELS; a test keeps them equal)
 SMOKE_LEVELS = ("off", "quick", "standard", "thorough")
@@ -95,10 +97,8 @@ class DaemonState:
     smoke_skips: tuple[tuple[str, int], ...] = ()
     smoke_last_success: float | None = None
     nvml_up: bool = False
-    nvml_polls: int = 0
     nvml_poll_failures: int = 0
     gpus: tuple[GpuLoad, ...] = ()
-    compactions: int = 0
     compacted_files: int = 0
     compaction_failures: int = 0
 
@@ -194,10 +194,10 @@ class Daemon:
     def child_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = dict(self._environ)
         if self.config.ledger:
-            env["FA4DOCTOR_LEDGER"] = self.config.ledger
+            env[ENV_LEDGER] = self.config.ledger
         # a probe child that runs the dispatcher must not count into the node's totals
-        env.pop(multiproc.ENV_METRICS_DIR, None)
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.pop(ENV_METRICS_DIR, None)
+        env.pop(ENV_MULTIPROC_DIR, None)
         return env | (extra or {})
 
     def _run(self, argv: Sequence[str], timeout: float, schema: str, env: dict[str, str]) -> ChildResult:
@@ -236,10 +236,9 @@ class Daemon:
             gpus = poll_gpus(self._nvml)
         except Exception:  # noqa: BLE001  missing or broken NVML is a state to report, not a crash
             self._nvml = None  # re-initialise on the next poll: the driver may come back
-            self._update(nvml_up=False, gpus=(), nvml_polls=self.state.nvml_polls + 1,
-                         nvml_poll_failures=self.state.nvml_poll_failures + 1)
+            self._update(nvml_up=False, gpus=(), nvml_poll_failures=self.state.nvml_poll_failures + 1)
             return None
-        self._update(nvml_up=True, gpus=gpus, nvml_polls=self.state.nvml_polls + 1)
+        self._update(nvml_up=True, gpus=gpus)
         return gpus
 
     def smoke_once(self) -> ChildResult | None:
@@ -273,7 +272,7 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001  a directory we cannot tidy must not stop the daemon
             done = compaction.Compaction(error=f"{type(exc).__name__}: {exc}")
         s = self.state
-        self._update(compactions=s.compactions + 1, compacted_files=s.compacted_files + done.absorbed,
+        self._update(compacted_files=s.compacted_files + done.absorbed,
                      compaction_failures=s.compaction_failures + (done.error is not None))
 
     def run(self) -> None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import IO, Any
 
+from fa4doctor.dispatch.backends.base import cc_text
 from fa4doctor.dispatch.policy import Policy
-from fa4doctor.dispatch.reasons import Decision, Reason, decision_to_plain
+from fa4doctor.dispatch.reasons import BackendName, Decision, Reason, decision_to_plain
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.environment import Environment
+from fa4doctor.records import to_plain
 
 SCHEMA = "fa4doctor.explain"
 SCHEMA_VERSION = 1
@@ -49,21 +51,17 @@ def policy_text(policy: Policy) -> str:
 
 def environment_text(env: Environment, gpu: int, source: str) -> str:
     facts = env.gpu(gpu)
-    where = (f"cuda:{gpu} {facts.name} (compute capability {facts.compute_capability[0]}."
-             f"{facts.compute_capability[1]})" if facts else f"no CUDA device {gpu}")
-    installed = [f"{b.backend.value} {b.version}" for b in env.backends if b.installed and b.backend.value != "sdpa"]
+    where = f"cuda:{gpu} {cc_text(facts)}" if facts else f"no CUDA device {gpu}"
+    installed = [f"{b.backend.value} {b.version}" for b in env.backends
+                 if b.installed and b.backend is not BackendName.SDPA]
     torch = f"torch {env.torch.version or '?'}" + (f" (CUDA {env.torch.cuda})" if env.torch.cuda else "")
     return f"{source}: {where}; {torch}; installed: {', '.join(installed) or 'no flash-attn backend'}"
-
-
-def _reasons_plain(found: tuple[Reason, ...]) -> list[dict[str, str]]:
-    return [{"code": r.code.value, "detail": r.detail} for r in found]
 
 
 def explanation_to_plain(item: Explanation) -> dict[str, Any]:
     """One explanation as JSON: `decision_to_plain` plus the spec, SDPA's kernels and the exit code."""
     return {"name": item.name, "spec": item.spec.to_dict(), **decision_to_plain(item.decision),
-            "sdpa_kernels": [{"kernel": name, "usable": not found, "reasons": _reasons_plain(found)}
+            "sdpa_kernels": [{"kernel": name, "usable": not found, "reasons": to_plain(found)}
                              for name, found in item.sdpa_kernels],
             "exit_code": item.exit_code, "message": item.message}
 

@@ -18,6 +18,8 @@ from typing import Any, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
+from fa4doctor.environment import cuda_version_text
+
 GPU_LABELS = ["gpu", "UUID"]
 # NVML clock event reason bits (ecosystem-anchors.md §1.8) as bounded label values.
 CLOCK_EVENT_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
@@ -137,5 +139,5 @@ def _health_families(check: dict, env: dict) -> Iterator[Metric]:
     if driver.get("driver_version"):
         cuda = driver.get("cuda_driver_version")
         info.add_metric([], {"driver_version": driver["driver_version"],
-                             "cuda_version": f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else ""})
+                             "cuda_version": cuda_version_text(cuda) if cuda else ""})
     yield info

@@ -30,9 +30,9 @@ from pathlib import Path
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 
+from fa4doctor.dispatch.metrics import CALLS, FALLBACK_LABELS, FALLBACKS
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
 
-ENV_METRICS_DIR = "FA4DOCTOR_METRICS_DIR"
 ARCHIVE_NAME = "counter_fa4doctor-archive.db"
 # A key the archive carries for each file it absorbed, so a crash between writing the archive and
 # unlinking the files never counts them twice (readers skip listed files, compaction unlinks them).
@@ -45,14 +45,15 @@ DEFAULT_GRACE_SECONDS = 30.0
 UNREADABLE = (OSError, ValueError, RuntimeError, UnicodeDecodeError, TypeError, struct.error)
 _BACKENDS = frozenset(b.value for b in BackendName)
 _REASONS = frozenset(r.value for r in ReasonCode)
-# family -> (help, label names, allowed values per label): the closed set this daemon re-exports.
+# family -> (help, label names, allowed values per label): the closed set this daemon re-exports,
+# named as the dispatcher writes it (fa4doctor/dispatch/metrics.py).
 FAMILIES = {
-    "fa4doctor_dispatch_calls": (
+    CALLS: (
         "Attention calls run, by the backend that ran them, summed over the node's processes.",
         ("backend",), (_BACKENDS,)),
-    "fa4doctor_dispatch_fallbacks": (
+    FALLBACKS: (
         "Attention calls that did not run on the preferred backend, by why not.",
-        ("preferred", "selected", "reason"), (_BACKENDS, _BACKENDS, _REASONS)),
+        FALLBACK_LABELS, (_BACKENDS, _BACKENDS, _REASONS)),
 }
 FILE_STATES = ("writer", "archive", "ignored", "corrupt")
 
@@ -86,9 +87,10 @@ def _entries(root: Path) -> list[tuple[str, str, int]]:
     return sorted(found)
 
 
-def counter_files(root: str | os.PathLike) -> list[Path]:
-    """`*.db` files in the root and its immediate subdirectories (one per container)."""
-    return [Path(path) for path, _rel, _inode in _entries(Path(root))]
+def counter_files(root: str | os.PathLike) -> dict[str, Path]:
+    """`*.db` files in the root and its immediate subdirectories (one per container), by their
+    path relative to the root."""
+    return {rel: Path(path) for path, rel, _inode in _entries(Path(root))}
 
 
 def read_values(path: Path) -> list[tuple[str, str, dict, float]]:

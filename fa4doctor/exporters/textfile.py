@@ -16,13 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import write_to_textfile
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from fa4doctor.exporters.metrics_env import environment_families
 
 
-class _Families:
+# write_to_textfile reads any object with `collect()`: a registry would add nothing here.
+class Families:
+    """A registry stand-in: what prometheus-client's writers and encoders need (`collect()`)."""
+
     def __init__(self, families: Iterable[Metric]):
         self.families = list(families)
 
@@ -36,9 +39,7 @@ def write_families(families: Iterable[Metric], path: str | Path) -> Path:
     if path.suffix != ".prom":
         # node_exporter reads only *.prom (node_exporter README, textfile collector).
         raise ValueError(f"--textfile: {path} must end in .prom for node_exporter's textfile collector")
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(families))
-    write_to_textfile(str(path), registry)
+    write_to_textfile(str(path), Families(families))
     return path
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import Environment, Finding, ImportStatus
 from fa4doctor.probe import imports, problems
+from fa4doctor.probe.cache import default_cache_dir
 from fa4doctor.probe.gpus import GpuProbe
 from fa4doctor.probe.ledger import default_ledger_path, read_ledger
 from fa4doctor.probe.nvml import NvmlSource, PynvmlSource
@@ -51,7 +52,7 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
     probe = gpu_probe if gpu_probe is not None else GpuProbe(PynvmlSource() if nvml is None else nvml)
     clock, timings = time.perf_counter(), []
     # --no-imports reads metadata only and writes nothing, so it keeps no cache either
-    cache = (imports.default_cache_dir(environ) if cache_dir is None else cache_dir) if check_imports else None
+    cache = (default_cache_dir(environ) if cache_dir is None else cache_dir) if check_imports else None
 
     def lap(name: str) -> None:
         nonlocal clock

@@ -135,13 +135,14 @@ class _Query:
     """Runs device calls, collecting `(call, error)` for each one that fails."""
 
     def __init__(self, nvml: NvmlSource, handle: Any):
-        self.nvml, self.handle, self.errors = nvml, handle, []
+        self.nvml, self.handle, self.errors, self.lost = nvml, handle, [], False
 
     def __call__(self, name: str, *args: Any) -> Any:
         try:
             return self.nvml.call(name, self.handle, *args)
         except NvmlFailure as exc:
             self.errors.append((name, str(exc)))
+            self.lost = self.lost or exc.code == GPU_IS_LOST
             return None
 
 
@@ -161,8 +162,7 @@ def _gpu(nvml: NvmlSource, index: int) -> GpuFacts:
         value = query(call, *args)
         facts[field] = convert(value) if value is not None else None
     facts.update(_memory(query) | _mig(query) | _ecc(query) | _remap(query) | _fabric(query))
-    facts["lost"] = any("Lost" in error or f"error {GPU_IS_LOST})" in error for _, error in query.errors)
-    return GpuFacts(nvml_errors=tuple(query.errors), **facts)
+    return GpuFacts(nvml_errors=tuple(query.errors), lost=query.lost, **facts)
 
 
 def _memory(query: _Query) -> dict[str, Any]:

@@ -12,13 +12,11 @@ repeated `check` imports nothing until something changed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +24,8 @@ from pathlib import Path
 
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import ImportStatus
-from fa4doctor.probe.cache import default_cache_dir
+from fa4doctor.probe import cache
+from fa4doctor.records import from_plain, to_plain
 
 # What "importing a backend" means: the module a caller imports first, then its native part.
 MODULES: dict[BackendName, tuple[str, ...]] = {
@@ -36,7 +35,6 @@ MODULES: dict[BackendName, tuple[str, ...]] = {
     BackendName.SDPA: ("torch",),
 }
 CACHE_FORMAT = 1
-CACHE_KEEP = 8  # fingerprints kept; older ones belong to software no longer installed
 DEFAULT_TIMEOUT = 60.0
 
 # Runs in the child: import the modules named on the command line, print one JSON line.
@@ -145,56 +143,30 @@ def run_imports(backends: tuple[BackendName, ...], *, modules: Mapping[BackendNa
 def fingerprint(software_key: object, environ: Mapping[str, str], extra: object = None) -> str:
     """What an import outcome depends on: the installed files, the interpreter, the loader's
     search paths, and `extra` (the driver version: it decides `driver_too_old`)."""
-    facts = {"software": software_key, "python": sys.executable, "version": sys.version,
-             "env": {k: environ.get(k) for k in ("PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD",
-                                                 "CUDA_VISIBLE_DEVICES", "CUDA_HOME")},
-             "extra": extra, "format": CACHE_FORMAT}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache.key_of({"software": software_key, "python": sys.executable, "version": sys.version,
+                         "env": {k: environ.get(k) for k in ("PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD",
+                                                             "CUDA_VISIBLE_DEVICES", "CUDA_HOME")},
+                         "extra": extra, "format": CACHE_FORMAT})
 
 
-def _cache_file(cache_dir: Path, key: str) -> Path:
-    # One file per fingerprint, so two environments sharing a home (a venv and the system Python,
-    # a daemon and a user) do not evict each other's results.
-    return cache_dir / f"imports-{key}.json"
-
-
+# One file per fingerprint (`imports-<key>.json`), so two environments sharing a home (a venv and
+# the system Python, a daemon and a user) do not evict each other's results.
 def read_cache(cache_dir: Path, key: str) -> dict[BackendName, ImportResult] | None:
+    found = cache.read_json(cache_dir, "imports", key)
     try:
-        data = json.loads(_cache_file(cache_dir, key).read_text())
-        if data.get("fingerprint") != key:
-            return None
-        return {BackendName(name): ImportResult(ImportStatus(r["status"]), r.get("error"), r.get("seconds", 0.0),
-                                                r.get("torch_cxx11_abi"))
-                for name, r in data["results"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {BackendName(name): from_plain(ImportResult, r) for name, r in found.items()}
+    except (ValueError, AttributeError):  # RecordError is a ValueError
         return None  # a missing or foreign cache is simply a miss
 
 
 def write_cache(cache_dir: Path, key: str, results: dict[BackendName, ImportResult]) -> None:
-    body = {"fingerprint": key, "results": {b.value: {"status": r.status.value, "error": r.error,
-                                                      "seconds": r.seconds, "torch_cxx11_abi": r.torch_cxx11_abi}
-                                            for b, r in results.items()}}
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="imports.", suffix=".tmp", dir=cache_dir)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(body, handle)
-        os.replace(tmp, _cache_file(cache_dir, key))
-        _prune(cache_dir)
-    except OSError:
-        pass  # a read-only home only costs the next check its speed
-
-
-def _prune(cache_dir: Path, keep: int = CACHE_KEEP) -> None:
-    files = sorted(cache_dir.glob("imports-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    for stale in files[keep:]:
-        stale.unlink(missing_ok=True)
+    cache.write_json(cache_dir, "imports", key, to_plain(results))
 
 
 def check_imports(backends: tuple[BackendName, ...], key: str, *, cache_dir: Path | None = None,
                   refresh: bool = False, **run_options) -> tuple[dict[BackendName, ImportResult], bool]:
     """Cached `run_imports`: returns the results and whether they came from the cache."""
-    cache_dir = default_cache_dir(run_options.get("environ")) if cache_dir is None else cache_dir
+    cache_dir = cache.default_cache_dir(run_options.get("environ")) if cache_dir is None else cache_dir
     cached = None if refresh else read_cache(cache_dir, key)
     if cached is not None and set(backends) <= set(cached):
         return {b: cached[b] for b in backends}, True

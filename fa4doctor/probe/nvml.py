@@ -28,6 +28,7 @@ INIT_STATUS = {
     GPU_IS_LOST: "gpu_is_lost",
     LIB_RM_VERSION_MISMATCH: "lib_rm_mismatch",
 }
+_MISSING = {"error": NOT_SUPPORTED, "message": "Not Supported"}  # what FakeNvml answers for an absent call
 
 
 class NvmlFailure(Exception):
@@ -77,12 +78,8 @@ class FakeNvml:
         if name == "nvmlDeviceGetHandleByIndex":
             return _replay(devices[args[0]].get(name, args[0]), name)
         if name.startswith("nvmlSystem"):
-            return _replay(self.data.get("system", {}).get(name, _missing(name)), name)
-        return _replay(devices[args[0]].get(name, _missing(name)), name)
-
-
-def _missing(name: str) -> dict[str, Any]:
-    return {"error": NOT_SUPPORTED, "message": "Not Supported"}
+            return _replay(self.data.get("system", {}).get(name, _MISSING), name)
+        return _replay(devices[args[0]].get(name, _MISSING), name)
 
 
 def _replay(value: Any, name: str) -> Any:

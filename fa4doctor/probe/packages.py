@@ -92,7 +92,7 @@ def _location(dist: metadata.Distribution) -> str:
 @dataclass(frozen=True, slots=True)
 class Installed:
     """One distribution's METADATA headers, read once. The body after the first blank line (the
-    long description, 38 KB of torch's 40) is never parsed: `Distribution.version` would parse all
+    long description, 29 KB of torch 2.13's 38) is never parsed: `Distribution.version` would parse all
     of it again on every access."""
 
     name: str

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fa4doctor.environment import (BackendInstall, DriverInfo, Finding, GpuFacts, ImportStatus, JitCache,
-                                   TorchInfo)
+                                   TorchInfo, cuda_version_text)
 from fa4doctor.probe.packages import OBSOLETE_FA4_NAMES, PackageFacts
 from fa4doctor.probe.system import order_is_ambiguous, visible_entries
 
@@ -53,7 +53,7 @@ def driver_findings(driver: DriverInfo, torch: TorchInfo) -> list[Finding]:
             need = ".".join(map(str, MIN_DRIVER_FOR_CUDA.get(major, (0, 0))))
             found.append(Finding("driver_too_old", ERROR,
                                  f"torch {torch.version} is built for CUDA {torch.cuda}, but driver "
-                                 f"{driver.driver_version} supports CUDA {have}.{driver.cuda_driver_version % 1000 // 10}: "
+                                 f"{driver.driver_version} supports CUDA {cuda_version_text(driver.cuda_driver_version)}: "
                                  "torch.cuda.is_available() will be False and jobs run on the CPU",
                                  f"upgrade the NVIDIA driver to >= {need}, or install a torch built for CUDA {have}"))
     return found

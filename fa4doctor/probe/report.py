@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
+from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS
 from fa4doctor.dispatch.policy import Policy
 from fa4doctor.dispatch.reasons import BackendName, decision_to_plain
 from fa4doctor.dispatch.selection import decide
@@ -23,7 +24,6 @@ from fa4doctor.probe.default_specs import DEFAULT_SPECS
 
 SCHEMA = "fa4doctor.check"
 SCHEMA_VERSION = 1
-EXIT_OK, EXIT_PROBLEMS = 0, 3
 
 # What to do when the expected backend is refused, by the first reason's code.
 REASON_FIXES = {

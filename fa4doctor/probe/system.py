@@ -23,6 +23,9 @@ from pathlib import Path
 
 from fa4doctor.environment import GpuFacts, JitCache, TorchInfo
 
+# FA4's disk-cache switches (flash_attn/cute/cache_utils.py, b36 L33-47; backend-rules.md §2.9).
+CACHE_ENABLED, CACHE_DIR = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"
+
 _VERSION = re.compile(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", re.M)
 _CUDA = re.compile(r"^cuda\s*(?::[^=]*)?=\s*(?:['\"]([^'\"]+)['\"]|None)", re.M)
 
@@ -126,8 +129,8 @@ def _nearest_existing(path: Path) -> Path:
 
 def read_jit_cache(environ: Mapping[str, str], max_entries: int = 100_000) -> JitCache:
     """FA4's disk cache as `flash_attn/cute/cache_utils.py` (b36, L33-47) would use it."""
-    enabled = environ.get("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "0") == "1"
-    directory = Path(environ.get("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR") or _default_cache_dir(environ))
+    enabled = environ.get(CACHE_ENABLED, "0") == "1"
+    directory = Path(environ.get(CACHE_DIR) or _default_cache_dir(environ))
     writable = os.access(_nearest_existing(directory), os.W_OK | os.X_OK)
     size = entries = None
     if directory.is_dir():

@@ -169,9 +169,9 @@ def test_smoke_results_feed_the_verdicts(tmp_path, monkeypatch):
     from fa4doctor.dispatch.reasons import BackendName
     from fa4doctor.probe.smoke.cases import LEVELS
 
-    from fa4doctor.cli.check import SMOKE_LEVELS
+    from fa4doctor.cli.check import BACKENDS, SMOKE_LEVELS
 
-    assert SMOKE_LEVELS == tuple(LEVELS)
+    assert SMOKE_LEVELS == tuple(LEVELS) and BACKENDS == tuple(b.value for b in BackendName)
     calls = {}
 
     class FakeReport:

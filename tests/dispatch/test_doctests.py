@@ -9,7 +9,8 @@ import pytest
 
 MODULES = ["fa4doctor.dispatch.spec", "fa4doctor.dispatch.reasons", "fa4doctor.dispatch.semantics",
            "fa4doctor.dispatch.versions", "fa4doctor.dispatch.policy", "fa4doctor.dispatch.selection",
-           "fa4doctor.dispatch.vetting", "fa4doctor.dispatch.backends.sdpa", "fa4doctor.exporters.explain_view"]
+           "fa4doctor.dispatch.vetting", "fa4doctor.dispatch.backends.sdpa", "fa4doctor.exporters.explain_view",
+           "fa4doctor._lazy"]
 
 
 @pytest.mark.parametrize("name", MODULES)

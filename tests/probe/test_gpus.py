@@ -104,6 +104,15 @@ def test_nvml_call_failure_mid_device_is_recorded(tmp_path):
     _, (gpu,) = probe_gpus(FakeNvml(data))
     assert gpu.mig_mode_current is None
     assert ("nvmlDeviceGetMigMode", "Insufficient Permissions (NVML error 4)") in gpu.nvml_errors
+    assert not gpu.lost
+
+
+def test_gpu_lost_after_its_handle_was_taken():
+    # NVML_ERROR_GPU_IS_LOST (15) from a device query, by its code whatever the message says
+    data = json.loads((NVML_FIXTURES / "healthy_h100.json").read_text())
+    data["devices"][0]["nvmlDeviceGetMemoryInfo"] = {"error": 15, "message": "Unknown Error"}
+    _, (gpu,) = probe_gpus(FakeNvml(data))
+    assert gpu.lost and gpu.name == "NVIDIA H100 80GB HBM3"
 
 
 def test_production_source_without_a_driver_reports_instead_of_raising():

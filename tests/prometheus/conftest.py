@@ -8,17 +8,18 @@ import shutil
 import pytest
 
 
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not found: install Debian's `prometheus` package (scripts/test.sh does)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not found: install Debian's `prometheus` package (scripts/test.sh does)")
-    return path
+    return _binary("promtool")
 
 
 @pytest.fixture(scope="session")
 def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.skip("prometheus not found: install Debian's `prometheus` package (scripts/test.sh does)")
-    return path
+    return _binary("prometheus")

@@ -80,8 +80,8 @@ def missing_dispatcher() -> str | None:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_prometheus_receives_the_summed_fallback_counters(tmp_path, prometheus_binary, processes):
-    if missing_dispatcher():
-        pytest.skip(missing_dispatcher())
+    if reason := missing_dispatcher():
+        pytest.skip(reason)
     metrics_dir = tmp_path / "metrics"
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     serve_port, prom_port = free_port(), free_port()

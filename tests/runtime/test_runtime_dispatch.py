@@ -3,6 +3,7 @@ and falling back when a backend's import fails at first use."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import pytest
@@ -152,7 +153,7 @@ def _h100_env(fa4_status=ImportStatus.NOT_CHECKED):
 
 
 def test_an_import_failure_at_first_use_falls_back_and_is_remembered(fakes, monkeypatch, fresh_runtime):
-    import flash_attn  # the fake FA2 package; break its FA4 sub-module the way a stale CuTe tree does
+    importlib.import_module("flash_attn")  # the fake FA2 package; break its FA4 sub-module as a stale CuTe tree does
 
     monkeypatch.setattr(local_env, "_current", _h100_env())
     monkeypatch.setitem(__import__("sys").modules, "flash_attn.cute", None)
@@ -167,7 +168,6 @@ def test_an_import_failure_at_first_use_falls_back_and_is_remembered(fakes, monk
     assert local_env.environment().backend(local_env.BackendName.FA4).import_status is ImportStatus.ERROR
     out = plan.run(q, k, v)
     assert rel_err(out, reference(q, k, v)) < 2e-2
-    assert flash_attn is not None
 
 
 def test_fa4_chosen_on_a_gpu_environment_runs_the_fa4_adapter(fakes, monkeypatch):

@@ -29,10 +29,9 @@ def _inputs(dtype, b=2, sq=5, sk=7, hq=4, hk=2, d=16, dv=None, seed=0, thd=False
 def check(dtype, q, k, v, extra_leaves=(), tol_scale=1.0, **kwargs):
     """Run attention and the reference on the same values; compare output and every gradient."""
     ref_leaves = [t.detach().double().requires_grad_() for t in (q, k, v, *extra_leaves)]
-    ref_kwargs = dict(kwargs)
     names = {"attn_mask_type": "mask", "window_size": "window", "softmax_scale": "scale",
              "alibi_slopes": "alibi", "learnable_sink": "sink", "cu_seqlens_q": "cu_q", "cu_seqlens_kv": "cu_kv"}
-    ref_kwargs = {names.get(key, key): value for key, value in ref_kwargs.items()}
+    ref_kwargs = {names.get(key, key): value for key, value in kwargs.items()}
     if extra_leaves:
         ref_kwargs["sink"] = ref_leaves[3]
     ref_kwargs.pop("max_seqlen_q", None), ref_kwargs.pop("max_seqlen_kv", None)

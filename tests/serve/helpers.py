@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import subprocess
@@ -12,19 +11,17 @@ from pathlib import Path
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-CALLS = "fa4doctor_dispatch_calls"
-FALLBACKS = "fa4doctor_dispatch_fallbacks"
+from fa4doctor.dispatch.metrics import calls_key, fallbacks_key
 
 
 def write_counters(path: Path, calls: dict[str, float] = {}, fallbacks: dict[tuple, float] = {},
                    extra: list[tuple] = ()) -> Path:
-    """Write one writer's file as the dispatcher does (mmap_key + MmapedDict), then close it."""
+    """Write one writer's file as the dispatcher does (its keys, MmapedDict), then close it."""
     out = MmapedDict(str(path))
     for backend, value in calls.items():
-        out.write_value(mmap_key(CALLS, CALLS + "_total", ["backend"], [backend], "calls"), value, 0.0)
-    for (preferred, selected, reason), value in fallbacks.items():
-        out.write_value(mmap_key(FALLBACKS, FALLBACKS + "_total", ["preferred", "selected", "reason"],
-                                 [preferred, selected, reason], "fallbacks"), value, 0.0)
+        out.write_value(calls_key(backend), value, 0.0)
+    for labels, value in fallbacks.items():
+        out.write_value(fallbacks_key(labels), value, 0.0)
     for family, name, labels, value in extra:
         out.write_value(mmap_key(family, name, list(labels), list(labels.values()), "x"), value, 0.0)
     out.close()

@@ -33,7 +33,7 @@ def test_report_families_come_first_and_duplicates_are_dropped():
     assert registry.get_sample_value("fa4doctor_probe_up") == 42
     names = [m.name for m in registry.collect()]
     assert len(names) == len(set(names))
-    registry.get_sample_value("fa4doctor_probe_up")
+    assert registry.get_sample_value("fa4doctor_probe_up") == 42
     assert len(calls) == 1, "a report renders once, not on every scrape"
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-
 import pytest
 
+from fa4doctor.dispatch.backends import PRIORITY
 from fa4doctor.dispatch.backends.fa4 import head_dim_problem
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, SpecError
@@ -89,4 +89,8 @@ def test_head_dims_parse_and_errors():
         parse_head_dims("0")
     with pytest.raises(SpecError, match="valid: quick, standard, thorough"):
         plan_cases(Environment(), "deep")
-    assert LEVELS == ("quick", "standard", "thorough")
+    from fa4doctor.cli import smoke as smoke_cli
+
+    # The CLI repeats levels and backends so that `--help` loads no smoke code: the copies must not drift.
+    assert LEVELS == smoke_cli.SMOKE_LEVELS == ("quick", "standard", "thorough")
+    assert smoke_cli.BACKENDS == tuple(b.NAME.value for b in PRIORITY)

@@ -7,16 +7,23 @@ child processes, timeouts, crashes and classification are the production ones.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.dispatch.spec import SpecError
 from fa4doctor.environment import Environment
 from fa4doctor.probe.ledger import read_ledger
-from fa4doctor.probe.smoke.runner import ProgressEvent, run_smoke
+from fa4doctor.probe.smoke.runner import ProgressEvent, _child_environ, _child_spec, run_smoke, select_gpus
 
-from .conftest import H100, fake
+from .conftest import H100, fa4_env, fake
 
 FA4 = BackendName.FA4
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(env, name, **kwargs):
@@ -26,6 +33,12 @@ def _run(env, name, **kwargs):
 
 def _by(report):
     return {(c.case.split(":", 1)[1], c.direction): c for c in report.cases}
+
+
+def _python(script: str, timeout: float) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter at the repository root (so `tests.smoke.conftest` imports)."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)
 
 
 def test_a_correct_backend_passes_forward_and_backward(h100_env):
@@ -99,27 +112,19 @@ def test_no_gpu_and_cuda_runs_nothing():
     assert report.cases == () and not report.healthy
 
 
-def test_the_parent_never_imports_torch(tmp_path):
+def test_the_parent_never_imports_torch():
     """Only the children touch torch and the GPU; the parent process stays light."""
-    import subprocess
-    import sys
-
     script = (
         "import sys, json\n"
         "from tests.smoke.conftest import fa4_env, fake\n"
         "from fa4doctor.probe.smoke.runner import run_smoke\n"
         "r = run_smoke(fa4_env(), backends=['fa4'], device='cpu', fake=fake('correct'), record=False)\n"
         "print(json.dumps([r.healthy, 'torch' in sys.modules]))\n")
-    root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=300)
+    done = _python(script, timeout=300)
     assert done.stdout.strip().splitlines()[-1] == "[true, false]", done.stderr
 
 
 def test_children_are_pinned_to_their_gpu_by_uuid_and_share_fa4s_cache():
-    from dataclasses import replace
-
-    from fa4doctor.probe.smoke.runner import _child_environ, _child_spec, select_gpus
-
     env = _child_environ({"CUDA_VISIBLE_DEVICES": "4,6", "HOME": "/h"}, fake=None)
     assert env["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
     assert env["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/h/.cache/fa4doctor/cute-dsl-cache"
@@ -130,7 +135,7 @@ def test_children_are_pinned_to_their_gpu_by_uuid_and_share_fa4s_cache():
     two = Environment(gpus=(H100, replace(H100, uuid="GPU-b", cuda_index=1), replace(H100, uuid="GPU-c", cuda_index=None)))
     assert [g.uuid for g in select_gpus(two, None)] == [H100.uuid, "GPU-b"]  # GPU-c is hidden
     assert [g.uuid for g in select_gpus(two, ["GPU-b", 0])] == ["GPU-b", H100.uuid]
-    with pytest.raises(Exception, match="gpu: no visible GPU 'GPU-c'"):
+    with pytest.raises(SpecError, match="gpu: no visible GPU 'GPU-c'"):
         select_gpus(two, ["GPU-c"])
     user = _child_environ({"FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": "/shared/cache"}, fake=None)
     assert user["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/shared/cache"
@@ -141,10 +146,6 @@ def test_compile_phase_then_run_phase_on_two_gpus_one_of_them_faulty(tmp_path, m
     """FA4's cases first run once in `jobs` parallel children that share the CuTe DSL disk cache
     (one per GPU here), then one child per GPU runs them all. A wrong result in the compile
     phase is final for the GPU it happened on only: the other GPU runs that case itself."""
-    from dataclasses import replace
-
-    from .conftest import fa4_env
-
     log, cache = tmp_path / "calls.log", str(tmp_path / "cache")
     monkeypatch.setenv("FAKE_LOG", str(log))
     monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", cache)
@@ -178,9 +179,6 @@ def test_compile_phase_then_run_phase_on_two_gpus_one_of_them_faulty(tmp_path, m
 def test_ctrl_c_stops_every_child():
     """Children run in their own sessions (so a timeout can kill their whole group); an
     interrupted run must therefore stop them itself."""
-    import subprocess
-    import sys
-
     script = (
         "import os, signal, subprocess, threading, time\n"
         "from tests.smoke.conftest import fa4_env, fake\n"
@@ -193,6 +191,5 @@ def test_ctrl_c_stops_every_child():
         "time.sleep(0.5)\n"
         "left = subprocess.run(['pgrep', '-P', str(os.getpid())], capture_output=True, text=True).stdout.split()\n"
         "print('left', len(left))\n")
-    root = __import__("pathlib").Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120)
+    done = _python(script, timeout=120)
     assert done.stdout.split() == ["interrupted", "left", "0"], done.stderr

@@ -1,6 +1,6 @@
 """Adapters: the canonical call translated into each backend's own conventions.
 
-Every adapter module has `bind(spec, scale, compute_capability) -> run`, done once per distinct
+Every adapter module has `bind(spec, scale) -> run`, done once per distinct
 call shape, and `run(q, k, v, varlen, alibi_slopes, learnable_sink) -> out` per call; `q, k, v`
 are `bshd`, or `thd` with `varlen` set. A backend module that cannot be imported raises
 `AdapterImportError` from `bind`, which the runtime turns into an `import_failed` reason.
@@ -12,6 +12,8 @@ import importlib
 from types import ModuleType
 
 from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.dispatch.semantics import FaMask, fa_mask
+from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 
 MODULES = {name: f"fa4doctor.dispatch.adapters.{name.value}" for name in BackendName}
 
@@ -39,3 +41,18 @@ def load_module(backend: BackendName, module: str) -> ModuleType:
 def unwrap(result):
     """FA4 returns `(out, lse)`, FA3 did before #1851, FA2 with return_attn_probs: keep `out`."""
     return result[0] if isinstance(result, (tuple, list)) else result
+
+
+def fa_window(spec: AttentionSpec, backend: BackendName, negative_sides: bool = False) -> FaMask:
+    """The FA `causal` flag and window for `spec`, or a `SpecError` where FA cannot express it."""
+    found = fa_mask(spec, negative_sides=negative_sides)
+    if found is None:
+        raise SpecError("attn_mask_type", f"top-left {spec.attn_mask_type.value} with seqlen_q != seqlen_kv "
+                        f"cannot be expressed in {backend.value}'s bottom-right causal convention")
+    return found
+
+
+def minus_one_window(mask: FaMask) -> tuple[int, int]:
+    """FA2/FA3's `window_size`: -1 for an unbounded side, `(-1, 0)` under `causal`."""
+    left = -1 if mask.left is None else mask.left
+    return (left, 0) if mask.causal else (left, -1 if mask.right is None else mask.right)

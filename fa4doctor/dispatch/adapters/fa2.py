@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from fa4doctor.dispatch.adapters import load_module, unwrap
-from fa4doctor.dispatch.adapters.fa3 import minus_one
-from fa4doctor.dispatch.adapters.fa4 import fa_window
+from fa4doctor.dispatch.adapters import fa_window, load_module, minus_one_window, unwrap
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 
@@ -22,7 +20,7 @@ MODULE = "flash_attn"
 
 def _static(spec: AttentionSpec, scale: float) -> dict:
     mask = fa_window(spec, BackendName.FA2)
-    window = (minus_one(mask.left), 0 if mask.causal else minus_one(mask.right))
+    window = minus_one_window(mask)
     static = {"dropout_p": spec.dropout_p, "softmax_scale": scale, "causal": mask.causal}
     if window != (-1, -1) and not (mask.causal and window == (-1, 0)):  # FA2: (-1, 0) is causal
         static["window_size"] = window
@@ -33,7 +31,7 @@ def _static(spec: AttentionSpec, scale: float) -> dict:
     return static
 
 
-def bind(spec: AttentionSpec, scale: float, compute_capability=None):
+def bind(spec: AttentionSpec, scale: float):
     module = load_module(BackendName.FA2, MODULE)
     static = _static(spec, scale)
     width = -(-max(spec.head_dim_qk, spec.head_dim_v) // 8) * 8

@@ -6,23 +6,17 @@ and returned `(out, lse)` by default before FA PR #1851, so the result is unwrap
 
 from __future__ import annotations
 
-from fa4doctor.dispatch.adapters import load_module, unwrap
-from fa4doctor.dispatch.adapters.fa4 import fa_window
+from fa4doctor.dispatch.adapters import fa_window, load_module, minus_one_window, unwrap
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 
 MODULE = "flash_attn_interface"
 
 
-def minus_one(side: int | None) -> int:
-    return -1 if side is None else side
-
-
-def bind(spec: AttentionSpec, scale: float, compute_capability=None):
+def bind(spec: AttentionSpec, scale: float):
     module = load_module(BackendName.FA3, MODULE)
     mask = fa_window(spec, BackendName.FA3)
-    static = {"softmax_scale": scale, "causal": mask.causal,
-              "window_size": (minus_one(mask.left), 0 if mask.causal else minus_one(mask.right)),
+    static = {"softmax_scale": scale, "causal": mask.causal, "window_size": minus_one_window(mask),
               "softcap": spec.softcap, "deterministic": spec.deterministic}
     dense, varlen_func = module.flash_attn_func, module.flash_attn_varlen_func
 

@@ -14,21 +14,11 @@ from __future__ import annotations
 
 import torch
 
-from fa4doctor.dispatch.adapters import load_module, unwrap
+from fa4doctor.dispatch.adapters import fa_window, load_module, unwrap
 from fa4doctor.dispatch.reasons import BackendName
-from fa4doctor.dispatch.semantics import fa_mask
-from fa4doctor.dispatch.spec import AttentionSpec, SpecError
+from fa4doctor.dispatch.spec import AttentionSpec
 
 MODULE = "flash_attn.cute"
-
-
-def fa_window(spec: AttentionSpec, backend: BackendName, negative_sides: bool = False):
-    """The FA `causal` flag and window for `spec`, or a `SpecError` where FA cannot express it."""
-    found = fa_mask(spec, negative_sides=negative_sides)
-    if found is None:
-        raise SpecError("attn_mask_type", f"top-left {spec.attn_mask_type.value} with seqlen_q != seqlen_kv "
-                        f"cannot be expressed in {backend.value}'s bottom-right causal convention")
-    return found
 
 
 def call_kwargs(spec: AttentionSpec, scale: float) -> dict:
@@ -43,7 +33,7 @@ def call_kwargs(spec: AttentionSpec, scale: float) -> dict:
             "softcap": spec.softcap, "num_splits": 1, "deterministic": spec.deterministic}
 
 
-def bind(spec: AttentionSpec, scale: float, compute_capability=None):
+def bind(spec: AttentionSpec, scale: float):
     module = load_module(BackendName.FA4, MODULE)
     static = call_kwargs(spec, scale)
     dense, varlen_func = module.flash_attn_func, module.flash_attn_varlen_func

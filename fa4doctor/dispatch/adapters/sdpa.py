@@ -23,7 +23,7 @@ except ImportError:  # pragma: no cover
     causal_lower_right = None
 
 # `enable_gqa` first appeared in torch 2.5; older releases need expanded k/v heads.
-HAS_ENABLE_GQA = at_least(torch.__version__.split("+")[0], "2.5")
+HAS_ENABLE_GQA = at_least(torch.__version__, "2.5")
 
 
 @functools.lru_cache(maxsize=256)
@@ -156,7 +156,7 @@ def fast_kwargs(spec: AttentionSpec, scale: float) -> dict | None:
     return None
 
 
-def bind(spec: AttentionSpec, scale: float, compute_capability=None):
+def bind(spec: AttentionSpec, scale: float):
     fast = fast_kwargs(spec, scale)
     sdpa = F.scaled_dot_product_attention
 

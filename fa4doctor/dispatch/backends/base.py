@@ -77,7 +77,7 @@ class Backend:
         device = cls.device_reasons(spec, env, gpu)
         reasons += device
         facts = env.gpu(gpu) if spec.on_cuda else None
-        reasons += cls.dtype_reasons(spec, facts)
+        reasons += cls.dtype_reasons(spec)
         reasons += cls.feature_reasons(spec, env)
         reasons += cls.mask_reasons(spec, env)
         if facts is not None and not device:
@@ -164,7 +164,7 @@ class Backend:
         return []
 
     @classmethod
-    def dtype_reasons(cls, spec: AttentionSpec, gpu: GpuFacts | None) -> list[Reason]:
+    def dtype_reasons(cls, spec: AttentionSpec) -> list[Reason]:
         if not cls.NEEDS_CUDA or spec.dtype in cls.DTYPES:
             return []
         code = R.FP8_UNSUPPORTED if spec.fp8 else R.DTYPE_UNSUPPORTED

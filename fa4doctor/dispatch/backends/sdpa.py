@@ -9,14 +9,12 @@ in torch's `sdp_utils.cpp` (`can_use_flash_attention`, `can_use_efficient_attent
 
 from __future__ import annotations
 
-from fa4doctor.dispatch.backends.base import Backend, R, cc_text
+from fa4doctor.dispatch.backends.base import _FEATURES, Backend, R, cc_text
 from fa4doctor.dispatch.reasons import BackendName, Reason
-from fa4doctor.dispatch.spec import AttentionSpec, Dtype
+from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
 from fa4doctor.environment import Environment
 
 _CONSUMER_CCS = frozenset({(8, 6), (8, 9), (12, 0), (12, 1)})
-ALL_FEATURES = ("dropout", "alibi", "bias", "kv_cache", "paged_kv", "context_parallel", "softcap",
-                "learnable_sink", "window", "deterministic")
 
 
 class SDPA(Backend):
@@ -24,7 +22,7 @@ class SDPA(Backend):
     DISTRIBUTIONS = ("torch",)
     NEEDS_CUDA = False
     DTYPES = frozenset(Dtype)
-    FEATURES = dict.fromkeys(ALL_FEATURES, "")
+    FEATURES = {feature: "" for feature, _, _ in _FEATURES}  # every one, at every version
     ARBITRARY_MASK = True
     BOTTOM_RIGHT_CAUSAL = False  # the adapter builds whichever diagonal the spec asks for
     LEDGER_BLOCKS = False  # the last resort: a smoke failure is shown as an advisory instead
@@ -41,7 +39,7 @@ def _needs_explicit_mask(spec: AttentionSpec) -> str | None:
         return "a sliding window"
     if spec.alibi or spec.bias or spec.learnable_sink:
         return "an additive bias (ALiBi, bias or sink)"
-    if spec.attn_mask_type.value == "arbitrary":
+    if spec.attn_mask_type is MaskType.ARBITRARY:
         return "an arbitrary mask"
     return None
 

@@ -6,8 +6,7 @@ importing this package imports neither torch nor a backend.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from fa4doctor._lazy import lazy_exports
 
 _EXPORTS = {
     "run_smoke": "fa4doctor.probe.smoke.runner",
@@ -19,9 +18,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'fa4doctor.probe.smoke' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -23,8 +23,8 @@ import time
 import zlib
 from typing import Any, Callable
 
-ENV_FAKE = "FA4DOCTOR_SMOKE_FAKE"
-EXIT_FATAL = 3  # the CUDA context is unusable: the parent restarts a child for what is left
+from fa4doctor.probe.smoke.process import ENV_FAKE, EXIT_FATAL, directions
+
 PRELOAD = {"fa4": "flash_attn.cute", "fa3": "flash_attn_interface", "fa2": "flash_attn"}
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -174,12 +174,11 @@ def run_case(case: dict, call, device: str, repeat: int, emit: Emitter) -> bool:
 
     spec = case["spec"]
     inputs = make_inputs(spec, device, zlib.crc32(case["name"].encode()))
-    directions = ("fwd", "bwd") if spec["training"] else ("fwd",)
     out_shape = (*inputs["q"].shape[:-1], spec["head_dim_v"])
     inputs["grad_out"] = torch.randn(out_shape, generator=inputs["gen"]).to(inputs["dtype"]).to(device)
     refs = references(spec, inputs, inputs["grad_out"], spec["training"])
     failed = None
-    for direction in directions:
+    for direction in directions(case):
         if failed:
             emit("result", id=case["id"], direction=direction, outcome="skipped",
                  detail=f"forward failed ({failed})")

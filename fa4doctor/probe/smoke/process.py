@@ -22,6 +22,12 @@ from typing import Callable
 
 Key = tuple[int, str]  # (case id, direction)
 ENV_FAKE = "FA4DOCTOR_SMOKE_FAKE"  # read by child.py: a stand-in for call_backend
+EXIT_FATAL = 3  # child.py's status when its CUDA context is unusable: a fresh child takes the rest
+
+
+def directions(case: dict) -> tuple[str, ...]:
+    """The directions a case runs: forward, and backward when its spec trains."""
+    return ("fwd", "bwd") if case["spec"]["training"] else ("fwd",)
 
 
 class Fleet:
@@ -177,13 +183,13 @@ def drive(child: Child, spec: ChildSpec, cases: list[dict], mode: str,
     death = _death(child)
     if current is not None:
         settle(current, {"outcome": "crash", "detail": death})
-    elif (len(done) == before or child.proc.returncode not in (0, 3)) and _first_unsettled(cases, done):
+    elif (len(done) == before or child.proc.returncode not in (0, EXIT_FATAL)) and _first_unsettled(cases, done):
         # It failed outside any kernel call; blame the next case so the loop always moves on.
         settle(_first_unsettled(cases, done), {"outcome": "crash", "detail": f"smoke child {death}"})
 
 
 def _first_unsettled(cases: list[dict], settled: set[Key]) -> Key | None:
-    return next(((c["id"], d) for c in cases for d in _directions(c) if (c["id"], d) not in settled), None)
+    return next(((c["id"], d) for c in cases for d in directions(c) if (c["id"], d) not in settled), None)
 
 
 def run_cases(spec: ChildSpec, cases: list[dict], mode: str, record: Callable[[Key, dict], None],
@@ -203,25 +209,20 @@ def run_cases(spec: ChildSpec, cases: list[dict], mode: str, record: Callable[[K
         if failure:
             outcome, _, detail = failure.partition(": ")
             for case in pending:
-                for direction in _directions(case):
+                for direction in directions(case):
                     record((case["id"], direction), {"outcome": outcome, "detail": detail})
             return readies
         readies.append(child.ready)
         drive(child, spec, pending, mode, _with_skips(record, pending, done), done)
         child = None
-        pending = [c for c in pending if any((c["id"], d) not in done for d in _directions(c))]
+        pending = [c for c in pending if any((c["id"], d) not in done for d in directions(c))]
     return readies
-
-
-def _directions(case: dict) -> tuple[str, ...]:
-    return ("fwd", "bwd") if case["spec"]["training"] else ("fwd",)
 
 
 def _with_skips(record: Callable[[Key, dict], None], cases: list[dict], done: set[Key]):
     training = {c["id"] for c in cases if c["spec"]["training"]}
 
     def recorder(key: Key, result: dict) -> None:
-        done.add(key)
         record(key, result)
         case_id, direction = key
         if direction == "fwd" and result["outcome"] in ("crash", "timeout") and case_id in training:

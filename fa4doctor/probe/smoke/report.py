@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 
 from fa4doctor.environment import LedgerEntry
+from fa4doctor.records import to_plain
 
 SCHEMA = "fa4doctor.smoke"
 SCHEMA_VERSION = 1
@@ -99,12 +100,8 @@ class SmokeReport:
     def to_plain(self) -> dict:
         return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "level": self.level,
                 "ledger": self.ledger, "ledger_problem": self.ledger_problem,
-                "phases": {"import_seconds": self.phases.import_seconds,
-                           "compile_seconds": self.phases.compile_seconds,
-                           "run_seconds": self.phases.run_seconds,
-                           "total_seconds": self.phases.total_seconds},
+                "phases": to_plain(self.phases),
                 "started_at": self.started_at, "finished_at": self.finished_at,
-                "gpus": [{"gpu": g.gpu, "nvml_index": g.nvml_index, "uuid": g.uuid, "name": g.name}
-                         for g in self.gpus],
+                "gpus": to_plain(self.gpus),
                 "healthy": self.healthy,
                 "cases": [c.to_plain() for c in self.cases]}

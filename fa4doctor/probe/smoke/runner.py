@@ -26,13 +26,13 @@ from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 from fa4doctor.environment import Environment, GpuFacts
 from fa4doctor.probe.smoke import process
-from fa4doctor.probe.smoke.cases import SmokeCase, plan_cases
+from fa4doctor.probe.smoke.cases import plan_cases
 from fa4doctor.probe.smoke.vetting import ledger_entries, record_report
 from fa4doctor.probe.smoke.report import CaseResult, GpuTarget, Phases, SmokeReport
+from fa4doctor.probe.system import CACHE_DIR, CACHE_ENABLED
 
 DEFAULT_TIMEOUT = 120.0
 JIT_BACKENDS = frozenset({BackendName.FA4})
-CACHE_ENABLED, CACHE_DIR = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,6 @@ Progress = Callable[[ProgressEvent], None]
 @dataclass
 class _Target:
     gpu: GpuFacts | None
-    cases: list[SmokeCase]
     plain: list[dict]
 
     @property
@@ -102,7 +101,7 @@ def _plan(env: Environment, level: str, gpus: list[GpuFacts | None], **kwargs) -
             plain.append({"id": next_id, "backend": case.backend.value, "name": case.name,
                           "spec": case.spec.to_dict()})
             next_id += 1
-        targets.append(_Target(gpu, cases, plain))
+        targets.append(_Target(gpu, plain))
     return targets
 
 
@@ -214,7 +213,7 @@ def _run_phase(targets, children, specs, collector) -> list[dict]:
         target, child = targets[index], children[index]
         todo = []
         for case in target.plain:
-            directions = ("fwd", "bwd") if case["spec"]["training"] else ("fwd",)
+            directions = process.directions(case)
             found = [collector.compiled.get((_model(target), case["name"], d)) for d in directions]
             here = all(f and f["gpu_uuid"] == (target.gpu.uuid if target.gpu else None) for f in found)
             # A failure is final on the GPU it happened on; another GPU of the model runs it again.
@@ -253,7 +252,7 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
     targets = [t for t in targets if t.plain]
     base_env = _child_environ(environ, fake)
     jobs = jobs or min(os.cpu_count() or 1, 16)
-    collector = _Collector(sum(len(_dirs(c)) for t in targets for c in t.plain), progress)
+    collector = _Collector(sum(len(process.directions(c)) for t in targets for c in t.plain), progress)
     fleet = process.Fleet()
     specs = [_child_spec(base_env, t.gpu, device, {c["backend"] for c in t.plain}, timeout, fleet)
              for t in targets]
@@ -277,10 +276,6 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
                          ledger_entries=ledger_entries(env, [t.gpu for t in targets if t.gpu], results),
                          started_at=started, finished_at=time.time())
     return record_report(report, ledger_path) if record else report
-
-
-def _dirs(case: dict) -> tuple[str, ...]:
-    return ("fwd", "bwd") if case["spec"]["training"] else ("fwd",)
 
 
 def _child_environ(environ: Mapping[str, str] | None, fake: str | None) -> dict[str, str]:

@@ -15,6 +15,7 @@ from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import Environment, GpuFacts, LedgerEntry
+from fa4doctor.probe import ledger
 from fa4doctor.probe.smoke.report import CaseResult, SmokeReport
 
 
@@ -43,8 +44,6 @@ def ledger_entries(env: Environment, gpus: Sequence[GpuFacts],
 def record_report(report: SmokeReport, ledger_path: str | Path | None = None) -> SmokeReport:
     """Merge the report's entries into the ledger; a ledger that cannot be written is reported
     in `ledger_problem`, and the results still stand."""
-    from fa4doctor.probe import ledger
-
     if not report.ledger_entries:
         return report
     try:
