@@ -10,7 +10,11 @@ round by round so drift (clocks, caches, other load) hits all rows alike:
 - adapter:   the adapter's bound closure alone (no key, no plan lookup, no counting);
 - attention: `attention()`;
 - dispatch:  `attention()` with the kernel call removed, alone (hot caches), and "beside a
-             kernel": each such call right after a direct call, minus the direct call.
+             kernel": each such call right after a direct call, minus the direct call;
+- floor:     a function with `attention()`'s signature that only reads what any key covering
+             the validation must hold (shape, dtype and device of q, k and v; whether autograd
+             records the call), alone and beside a kernel: no Python dispatcher that validates
+             can cost less.
 
     python bench/dispatch_overhead.py                                # CPU, SDPA
     python bench/dispatch_overhead.py --device cuda --backend fa4    # GPU machine with FA4
@@ -27,6 +31,7 @@ import os
 import statistics
 import time
 
+GRAD_ENABLED = None  # torch.is_grad_enabled, bound in main() (no torch import at import time)
 FA4_DEFAULTS = {"softmax_scale": None, "causal": False, "window_size": (None, None), "softcap": 0.0,
                 "num_splits": 1, "deterministic": False}  # flash_attn_func's own (b36 iface:4145)
 
@@ -65,6 +70,13 @@ def default_call(backend: str, plan):
     given = {"causal": kw["causal"], "window_size": kw["window_size"], "num_splits": 1}
     differ = [f"{n}={kw[n]!r} (FA4 default {FA4_DEFAULTS[n]!r})" for n in kw if n not in given]
     return (lambda q, k, v: flash_attn_func(q=q, k=k, v=v, **given)[0]), differ
+
+
+def floor(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_scale=None, dropout_p=0.0,
+          softcap=0.0, alibi_slopes=None, learnable_sink=None, deterministic=False, qkv_format="bshd",
+          cu_seqlens_q=None, cu_seqlens_kv=None, max_seqlen_q=None, max_seqlen_kv=None):
+    return (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+            GRAD_ENABLED() and (q.requires_grad or k.requires_grad or v.requires_grad))
 
 
 def block(fn, args, calls: int, sync) -> float:
@@ -109,6 +121,10 @@ def report(med: dict[str, float], differ: list[str]) -> list[str]:
         f"  dispatcher   {a - med['adapter']:7.2f} us  (attention - adapter closure)",
         f"dispatch   {med['dispatch']:9.2f} us/call (attention() with the kernel call removed, alone)",
         f"beside     {med['beside'] - d:9.2f} us/call (the same, each right after a direct call, minus direct)",
+        f"floor      {med['floor']:9.2f} us/call (only the reads a validating key needs, alone; "
+        f"{med['floor'] / d * 100:.1f}% of direct)",
+        f"  beside     {med['floor_beside'] - d:7.2f} us  (the same, each right after a direct call, minus direct; "
+        f"{(med['floor_beside'] - d) / d * 100:.1f}% of direct)",
     ]
     return lines
 
@@ -130,6 +146,9 @@ def main() -> None:
 
     from fa4doctor.dispatch import attention
 
+    global GRAD_ENABLED
+    GRAD_ENABLED = torch.is_grad_enabled
+
     args.shape = args.shape or ("1,128,8,64" if args.device == "cuda" else "1,8,2,16")
     b, s, h, d = (int(x) for x in args.shape.split(","))
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -148,10 +167,16 @@ def main() -> None:
             direct(q, k, v)
             dispatched(q, k, v)
 
+        def floor_beside(q, k, v):
+            direct(q, k, v)
+            floor(q, k, v, attn_mask_type=mask)
+
         rows = {"direct": (direct, True, True), **({"defaults": (defaults, True, True)} if defaults else {}),
                 "adapter": (lambda q, k, v: real_run(q, k, v, None, None, None), True, True),
                 "attention": (dispatched, True, True), "dispatch": (dispatched, False, False),
-                "beside": (beside, False, True)}
+                "beside": (beside, False, True),
+                "floor": (lambda q, k, v: floor(q, k, v, attn_mask_type=mask), False, False),
+                "floor_beside": (floor_beside, False, True)}
         measure(rows, plan, real_run, (q, k, v), 2, 20, sync)  # warm-up: allocator, caches
         if args.gc_off:
             gc.disable()

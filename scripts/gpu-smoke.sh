@@ -3,9 +3,11 @@
 # reports and the ledger kept under OUTDIR, then a summary with the wall time of each phase, and
 # `fa4doctor explain` on whatever failed (the dispatcher must refuse it on this node).
 #
-#   scripts/gpu-smoke.sh OUTDIR
+#   scripts/gpu-smoke.sh OUTDIR              (QUICK_ONLY=1: the quick runs alone)
 #
-# The first quick run starts from an empty FA4 compile cache (cold), the second reuses it (warm).
+# Quick runs: `quick-first` starts with nothing cached (no FA4 kernels, and, where the installation
+# has no bytecode, none in fa4doctor's cache either); `quick-cold` again with an empty FA4 compile
+# cache (the bytecode now kept); `quick-warm`, `quick-warm2` and `quick-warm3` reuse both.
 # FA4 must be importable (e.g. installed with `pip install --target DIR` and DIR on PYTHONPATH).
 # Exit status: 0 all passed, 3 some case failed, 1 a run failed to produce a report.
 set -uo pipefail
@@ -14,36 +16,50 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 export FA4DOCTOR_LEDGER="$out/ledger.json"
 # A fresh compile cache outside OUTDIR (compiled kernels do not belong in a report directory).
-export FLASH_ATTENTION_CUTE_DSL_CACHE_DIR="${TMPDIR:-/tmp}/fa4doctor-gpu-smoke-cache.$$"
-rm -rf "$FLASH_ATTENTION_CUTE_DSL_CACHE_DIR" "$FA4DOCTOR_LEDGER"
-trap 'rm -rf "$FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"' EXIT
+scratch="${TMPDIR:-/tmp}/fa4doctor-gpu-smoke.$$"
+export FLASH_ATTENTION_CUTE_DSL_CACHE_DIR="$scratch/cute-dsl-cache" XDG_CACHE_HOME="$scratch/xdg"
+rm -rf "$scratch" "$FA4DOCTOR_LEDGER"
+trap 'rm -rf "$scratch"' EXIT
 cd "$(dirname "$0")/.."
 
 python -m fa4doctor check --json --no-imports > "$out/env.json" 2> "$out/env.stderr" || true
 status=0
 run() {  # run NAME ARGS...: one smoke run, its report in OUTDIR/NAME.json
     local name=$1; shift
-    local start=$SECONDS
+    local start; start=$(date +%s.%N)
     python -m fa4doctor smoke --json "$@" > "$out/$name.json" 2> "$out/$name.stderr"
     local code=$?
-    echo "$name: exit $code, $((SECONDS - start)) s wall (fa4doctor smoke $*)"
+    echo "$name: exit $code, $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.2f", b - a}') s wall (fa4doctor smoke $*)"
     if [ "$code" -eq 1 ] || [ "$code" -eq 2 ]; then status=1; elif [ "$code" -ne 0 ] && [ "$status" -eq 0 ]; then status=3; fi
 }
+run quick-first --level quick --backend fa4 --backend sdpa
+rm -rf "$FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"
 run quick-cold --level quick --backend fa4 --backend sdpa
 run quick-warm --level quick --backend fa4 --backend sdpa
-run standard --level standard --backend fa4 --backend sdpa
-run thorough-fa4 --level thorough --backend fa4
-run thorough-sdpa --level thorough --backend sdpa
+run quick-warm2 --level quick --backend fa4 --backend sdpa
+run quick-warm3 --level quick --backend fa4 --backend sdpa
+echo "bytecode kept for the children: $(find "$XDG_CACHE_HOME/fa4doctor/pycache" -name '*.pyc' 2>/dev/null | wc -l) files"
+if [ -n "${QUICK_ONLY:-}" ]; then levels=(); else levels=(standard thorough-fa4 thorough-sdpa); fi
+for level in "${levels[@]}"; do
+    case $level in
+        standard) run standard --level standard --backend fa4 --backend sdpa ;;
+        thorough-fa4) run thorough-fa4 --level thorough --backend fa4 ;;
+        thorough-sdpa) run thorough-sdpa --level thorough --backend sdpa ;;
+    esac
+done
 
 python - "$out" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 print(f"\n{'run':<14}{'cases':>6}{'pass':>6}{'fail':>6}{'skip':>6}{'import s':>10}{'compile s':>11}{'run s':>8}{'total s':>9}")
 failed = {}
-for name in ("quick-cold", "quick-warm", "standard", "thorough-fa4", "thorough-sdpa"):
+for name in ("quick-first", "quick-cold", "quick-warm", "quick-warm2", "quick-warm3", "standard", "thorough-fa4",
+             "thorough-sdpa"):
     try:
         report = json.loads((out / f"{name}.json").read_text())
-    except (OSError, ValueError):
+    except OSError:
+        continue  # not run (QUICK_ONLY)
+    except ValueError:
         print(f"{name:<14} no report (see {name}.stderr)")
         continue
     cases, p = report["cases"], report["phases"]

@@ -41,6 +41,8 @@ _grad_enabled = torch.is_grad_enabled
 
 @dataclass(slots=True)
 class Plan:
+    """What the first call of a key decided: later calls with that key only count and run."""
+
     spec: AttentionSpec
     scale: float
     decision: Decision
@@ -134,17 +136,17 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
     >>> attention(q, k, v, attn_mask_type="causal").shape
     torch.Size([1, 4, 2, 8])
     """
-    # Inlined (not _raw_policy()): beside FA4's host path every call and lookup here runs with cold
-    # caches, where each costs several times its warm price (bench/dispatch_overhead.py "beside").
+    # One flat tuple, built inline and looked up by subscript: beside FA4's host path every call,
+    # attribute read and lookup here runs with cold caches, at several times its warm price
+    # (bench/dispatch_overhead.py "beside"). Only whether autograd records the call reaches the
+    # spec (inputs.prepare `needs_grad`), so the key holds that, short-circuited.
     data = _ENV_DATA
-    raw = (data.get(_ENV_B), data.get(_ENV_D), data.get(_ENV_S))
     try:
-        # Only whether autograd records the call reaches the spec (inputs.prepare `needs_grad`), so
-        # the key holds that, short-circuited: one read under no_grad, two when q requires grad.
-        needs_grad = _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
-            learnable_sink is not None and learnable_sink.requires_grad))
-        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device, needs_grad,
-               attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic, qkv_format, raw,
+        key = (q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+               _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
+                   learnable_sink is not None and learnable_sink.requires_grad)),
+               attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic, qkv_format,
+               data.get(_ENV_B), data.get(_ENV_D), data.get(_ENV_S),
                None if alibi_slopes is None else _tensor_key(alibi_slopes),
                None if learnable_sink is None else _tensor_key(learnable_sink))
         varlen = None
@@ -153,22 +155,15 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
             varlen = inputs.read_varlen(q, k, qkv_format, attn_mask_type, cu_seqlens_q, cu_seqlens_kv,
                                         max_seqlen_q, max_seqlen_kv)
             key = (key, varlen.summary if varlen else None, max_seqlen_q, max_seqlen_kv)
-        plan = _plans.get(key)
-    except (AttributeError, TypeError):
-        key, plan = None, None  # not tensors, or unhashable arguments: the slow path says what is wrong
-    if plan is None:
-        prepared = inputs.prepare(q, k, v, attn_mask_type=attn_mask_type, window_size=window_size,
-                                  softmax_scale=softmax_scale, dropout_p=dropout_p, softcap=softcap,
-                                  alibi_slopes=alibi_slopes, learnable_sink=learnable_sink,
-                                  deterministic=deterministic, qkv_format=qkv_format,
-                                  cu_seqlens_q=cu_seqlens_q, cu_seqlens_kv=cu_seqlens_kv,
-                                  max_seqlen_q=max_seqlen_q, max_seqlen_kv=max_seqlen_kv)
-        varlen = prepared.varlen
-        plan = _new_plan(prepared, raw)
-        if key is not None:
-            if len(_plans) >= _MAX_PLANS:
-                _plans.clear()
-            _plans[key] = plan
+    except (AttributeError, TypeError):  # not tensors, or unhashable arguments: prepare() says what is wrong
+        key = None
+    try:
+        plan = _plans[key]  # None is never a key
+    except (KeyError, TypeError) as miss:  # TypeError: an unhashable argument (say, a list window)
+        key = key if isinstance(miss, KeyError) else None
+        plan, varlen = _first_call(key, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p,
+                                   softcap, alibi_slopes, learnable_sink, deterministic, qkv_format,
+                                   cu_seqlens_q, cu_seqlens_kv, max_seqlen_q, max_seqlen_kv)
     plan.tally.n += 1
     counters = plan.counters
     if counters.directory is not None and _clock() >= counters.deadline:  # no file: nothing to refresh
@@ -176,6 +171,23 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
     if varlen is None:
         return plan.run(q, k, v, None, alibi_slopes, learnable_sink)
     return _execute(plan.run, q, k, v, varlen, alibi_slopes, learnable_sink)
+
+
+def _first_call(key, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, alibi_slopes,
+                learnable_sink, deterministic, qkv_format, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q,
+                max_seqlen_kv) -> tuple[Plan, inputs.Varlen | None]:
+    """Validate, decide and bind; keep the plan under `key` (None: the arguments cannot be a key)."""
+    prepared = inputs.prepare(q, k, v, attn_mask_type=attn_mask_type, window_size=window_size,
+                              softmax_scale=softmax_scale, dropout_p=dropout_p, softcap=softcap,
+                              alibi_slopes=alibi_slopes, learnable_sink=learnable_sink,
+                              deterministic=deterministic, qkv_format=qkv_format, cu_seqlens_q=cu_seqlens_q,
+                              cu_seqlens_kv=cu_seqlens_kv, max_seqlen_q=max_seqlen_q, max_seqlen_kv=max_seqlen_kv)
+    plan = _new_plan(prepared, _raw_policy())
+    if key is not None:
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()
+        _plans[key] = plan
+    return plan, prepared.varlen
 
 
 def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:

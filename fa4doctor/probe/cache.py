@@ -21,9 +21,10 @@ from typing import Any
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """`$XDG_CACHE_HOME/fa4doctor`, else `$HOME/.cache/fa4doctor`, read from `environ`."""
     environ = os.environ if environ is None else environ
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fa4doctor"
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return Path(environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")) / "fa4doctor"
 
 
 def key_of(facts: object) -> str:

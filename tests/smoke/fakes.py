@@ -119,3 +119,13 @@ def wrong_on_bad_gpu(backend, q, k, v, **kw):
     if os.environ.get("CUDA_VISIBLE_DEVICES") == "GPU-bad":
         return wrong_dq(backend, q, k, v, **kw)
     return correct(backend, q, k, v, **kw)
+
+
+def note_process(backend, q, k, v, **kw):
+    """Correct; notes which process ran which backend, and what that child preloaded, in $FAKE_LOG."""
+    import sys
+
+    preload = sys.argv[sys.argv.index("--preload") + 1]
+    with open(os.environ["FAKE_LOG"], "a") as handle:
+        handle.write(f"{os.getpid()} {backend} {preload}\n")
+    return correct(backend, q, k, v, **kw)

@@ -193,3 +193,24 @@ def test_ctrl_c_stops_every_child():
         "print('left', len(left))\n")
     done = _python(script, timeout=120)
     assert done.stdout.split() == ["interrupted", "left", "0"], done.stderr
+
+
+@pytest.mark.slow
+def test_each_backend_of_a_gpu_runs_in_its_own_child(h100_env, tmp_path, monkeypatch):
+    """SDPA needs only torch, so it must not wait behind FA4's import: one child per GPU and
+    backend, each preloading only its own, while the report still names the GPU once and keeps
+    the plan's order."""
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    report = run_smoke(h100_env, backends=[FA4, BackendName.SDPA], device="cpu", fake=fake("note_process"),
+                       jobs=1, record=False)
+    rows = {tuple(line.split()) for line in log.read_text().splitlines()}
+    by_pid: dict[str, set] = {}
+    for pid, backend, preload in rows:
+        by_pid.setdefault(pid, set()).add((backend, preload))
+    assert sorted(by_pid.values(), key=str) == [{("fa4", "fa4")}, {("sdpa", "sdpa")}]
+    assert [(c.backend, c.direction, c.outcome) for c in report.cases] == [
+        ("fa4", "fwd", "pass"), ("fa4", "bwd", "pass"), ("sdpa", "fwd", "pass"), ("sdpa", "bwd", "pass")]
+    assert [g.uuid for g in report.gpus] == [H100.uuid]
+    assert {(e.backend, e.direction) for e in report.ledger_entries} == {
+        ("fa4", "fwd"), ("fa4", "bwd"), ("sdpa", "fwd"), ("sdpa", "bwd")}

@@ -1,11 +1,14 @@
 """`run_smoke`: plan the cases, compile FA4's in parallel, run them per GPU, record the outcomes.
 
 The parent never imports torch and never touches a GPU: every kernel runs in a child pinned to
-one GPU by UUID (`process.py`). FA4 compiles each new configuration with a JIT that takes
-seconds and imports in 8-11 s (h100-fa4-measurements.md), so when there are enough FA4 cases a
-compile phase first runs them once in `jobs` parallel children that share FA4's disk cache
-(`FLASH_ATTENTION_CUTE_DSL_CACHE_*`, backend-rules.md §2.9); meanwhile the per-GPU run children
-import, and then run every case from the warm cache and check it against float64.
+one GPU by UUID (`process.py`), one child per GPU and backend, so that a backend that only needs
+torch (SDPA) does not wait for FA4's import and the backends of one GPU run side by side. FA4
+compiles each new configuration with a JIT that takes seconds and imports in 8-11 s
+(h100-fa4-measurements.md), so when there are enough FA4 cases a compile phase first runs them
+once in `jobs` parallel children that share FA4's disk cache (`FLASH_ATTENTION_CUTE_DSL_CACHE_*`,
+backend-rules.md §2.9); meanwhile the run children import, and then run every case from the warm
+cache and check it against float64. Where the installation has no bytecode, the children keep
+theirs in fa4doctor's cache (`bytecode.py`).
 
 >>> from fa4doctor.environment import Environment
 >>> report = run_smoke(Environment(), device="cpu", record=False)  # doctest: +SKIP
@@ -25,7 +28,8 @@ from typing import Callable, Mapping, Sequence
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 from fa4doctor.environment import Environment, GpuFacts
-from fa4doctor.probe.smoke import process
+from fa4doctor.probe import cache
+from fa4doctor.probe.smoke import bytecode, process
 from fa4doctor.probe.smoke.cases import plan_cases
 from fa4doctor.probe.smoke.vetting import ledger_entries, record_report
 from fa4doctor.probe.smoke.report import CaseResult, GpuTarget, Phases, SmokeReport
@@ -57,6 +61,8 @@ Progress = Callable[[ProgressEvent], None]
 
 @dataclass
 class _Target:
+    """One run child's work: the cases of one backend on one GPU (or on the CPU)."""
+
     gpu: GpuFacts | None
     plain: list[dict]
 
@@ -69,11 +75,7 @@ class _Target:
 def default_cache_dir(environ: Mapping[str, str]) -> str:
     """FA4's cache directory: the user's `FLASH_ATTENTION_CUTE_DSL_CACHE_DIR`, else ours (kept
     between runs, so a second smoke run starts warm)."""
-    if environ.get(CACHE_DIR):
-        return environ[CACHE_DIR]
-    home = environ.get("HOME") or os.path.expanduser("~")
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
-    return os.path.join(base, "fa4doctor", "cute-dsl-cache")
+    return environ.get(CACHE_DIR) or str(cache.default_cache_dir(environ) / "cute-dsl-cache")
 
 
 def select_gpus(env: Environment, wanted: Sequence[str | int] | None) -> list[GpuFacts]:
@@ -93,16 +95,26 @@ def select_gpus(env: Environment, wanted: Sequence[str | int] | None) -> list[Gp
 
 
 def _plan(env: Environment, level: str, gpus: list[GpuFacts | None], **kwargs) -> list[_Target]:
+    """One target per GPU and backend, in the plan's order; case ids are unique across all."""
     targets, next_id = [], 0
     for gpu in gpus:
-        cases = plan_cases(env, level, gpu=gpu, device="cuda" if gpu else "cpu", **kwargs)
-        plain = []
-        for case in cases:
-            plain.append({"id": next_id, "backend": case.backend.value, "name": case.name,
-                          "spec": case.spec.to_dict()})
+        lanes: dict[str, _Target] = {}
+        for case in plan_cases(env, level, gpu=gpu, device="cuda" if gpu else "cpu", **kwargs):
+            lane = lanes.setdefault(case.backend.value, _Target(gpu, []))
+            lane.plain.append({"id": next_id, "backend": case.backend.value, "name": case.name,
+                               "spec": case.spec.to_dict()})
             next_id += 1
-        targets.append(_Target(gpu, plain))
+        targets.extend(lanes.values())
     return targets
+
+
+def _distinct_gpus(targets: list[_Target]) -> list[_Target]:
+    """The first target of each GPU (targets of one GPU differ only in their backend)."""
+    seen: dict[str | int | None, _Target] = {}
+    for target in targets:
+        gpu = target.gpu
+        seen.setdefault((gpu.uuid or gpu.cuda_index) if gpu else None, target)
+    return list(seen.values())
 
 
 def _child_spec(base: dict[str, str], gpu: GpuFacts | None, device: str, preload, timeout,
@@ -138,7 +150,7 @@ def _compile_work(targets: list[_Target], jobs: int) -> list[tuple[_Target, list
     for model, items in by_model.items():
         if jobs < 2 or len(items) - math.ceil(len(items) / jobs) <= 2:
             continue
-        gpus = [t for t in targets if _model(t) == model]
+        gpus = [t for t in _distinct_gpus(targets) if _model(t) == model]
         for i in range(min(jobs, len(items))):
             work.append((gpus[i % len(gpus)], [case for _, case in items[i::jobs]]))
     return work
@@ -249,8 +261,7 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
         chosen = [None]
     targets = _plan(env, level, chosen, backends=backends, extra_specs=extra_specs,
                     head_dims=head_dims)
-    targets = [t for t in targets if t.plain]
-    base_env = _child_environ(environ, fake)
+    base_env = _child_environ(environ, fake, {c["backend"] for t in targets for c in t.plain})
     jobs = jobs or min(os.cpu_count() or 1, 16)
     collector = _Collector(sum(len(process.directions(c)) for t in targets for c in t.plain), progress)
     fleet = process.Fleet()
@@ -270,18 +281,22 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
     phases = Phases(import_seconds=max((r.get("import_seconds", 0.0) for r in readies), default=0.0),
                     compile_seconds=(run_start - compile_start) if work else 0.0,
                     run_seconds=end - run_start, total_seconds=end - clock)
-    order = {c["name"]: i for t in targets for i, c in enumerate(t.plain)}
-    results = tuple(sorted(collector.results, key=lambda r: (str(r.gpu), order[r.case], r.direction != "fwd")))
-    report = SmokeReport(level=level, cases=results, phases=phases, gpus=tuple(t.label for t in targets),
-                         ledger_entries=ledger_entries(env, [t.gpu for t in targets if t.gpu], results),
+    rank = {(t.label.gpu, c["name"]): c["id"] for t in targets for c in t.plain}  # the plan's order
+    results = tuple(sorted(collector.results, key=lambda r: (str(r.gpu), rank[(r.gpu, r.case)],
+                                                             r.direction != "fwd")))
+    gpus_run = _distinct_gpus(targets)
+    report = SmokeReport(level=level, cases=results, phases=phases, gpus=tuple(t.label for t in gpus_run),
+                         ledger_entries=ledger_entries(env, [t.gpu for t in gpus_run if t.gpu], results),
                          started_at=started, finished_at=time.time())
     return record_report(report, ledger_path) if record else report
 
 
-def _child_environ(environ: Mapping[str, str] | None, fake: str | None) -> dict[str, str]:
+def _child_environ(environ: Mapping[str, str] | None, fake: str | None,
+                   backends: set[str] = frozenset()) -> dict[str, str]:
     env = dict(os.environ if environ is None else environ)
     env[CACHE_ENABLED] = "1"
     env[CACHE_DIR] = default_cache_dir(env)
     if fake:
         env[process.ENV_FAKE] = fake
-    return env
+    plan = bytecode.child_bytecode(env, cache.default_cache_dir(env), bytecode.probe_sources(backends))
+    return plan.apply(env)
