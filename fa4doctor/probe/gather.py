@@ -22,6 +22,7 @@ from pathlib import Path
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import Environment, Finding, ImportStatus
 from fa4doctor.probe import imports, problems
+from fa4doctor.probe.bytecode import missing_bytecode
 from fa4doctor.probe.cache import default_cache_dir
 from fa4doctor.probe.gpus import GpuProbe
 from fa4doctor.probe.ledger import default_ledger_path, read_ledger
@@ -82,6 +83,8 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
     jit = read_jit_cache(environ)
     ledger = read_ledger(ledger_path if ledger_path is not None else default_ledger_path(dict(environ)))
     findings = _findings(facts, backends, torch, driver, gpus, environ, jit, import_modules)
+    installed = [b.backend.value for b in backends if b.import_status is not ImportStatus.NOT_INSTALLED]
+    findings += problems.bytecode_findings(missing_bytecode(installed, path), environ)
     if ledger.problem:
         findings.append(Finding("ledger_unreadable", problems.WARNING, ledger.problem,
                                 "fa4doctor smoke rewrites it; or remove the file"))

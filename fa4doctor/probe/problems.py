@@ -10,6 +10,7 @@ Thresholds are data at the top; every rule cites the failure mode it detects (ec
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from fa4doctor.environment import (BackendInstall, DriverInfo, Finding, GpuFacts, ImportStatus, JitCache,
@@ -226,3 +227,17 @@ def jit_cache_findings(cache: JitCache, fa4_installed: bool) -> list[Finding]:
         return [Finding("jit_cache_not_writable", WARNING, f"FA4's compile cache directory {cache.directory} "
                         "is not writable", "point FLASH_ATTENTION_CUTE_DSL_CACHE_DIR at a writable directory")]
     return []
+
+
+def bytecode_findings(missing: tuple[str, ...], environ: Mapping[str, str]) -> list[Finding]:
+    """Sources (torch's, a backend's) with no bytecode that Python will not write either."""
+    stuck = [s for s in missing if environ.get("PYTHONDONTWRITEBYTECODE") or not os.access(os.path.dirname(s), os.W_OK)]
+    if not stuck or environ.get("PYTHONPYCACHEPREFIX"):
+        return []
+    # Measured on the lent H100's image: import torch 5.7-7.5 s, and 3.65 s of compile() inside
+    # FA4's import (docs/validation/h100-import-profile.txt).
+    folders = " ".join(sorted({os.path.dirname(s) for s in stuck}))
+    return [Finding("no_bytecode", WARNING, "no bytecode for " + ", ".join(stuck) + " and Python may not write "
+                    "it (PYTHONDONTWRITEBYTECODE or a read-only install): every process compiles these imports "
+                    "from source, seconds at each start", f"python -m compileall -q -j 0 {folders}, or keep "
+                    "__pycache__ in the image")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from probe_fakes import NVML_FIXTURES, fa4, fa4_deps, write_dist
 
@@ -115,3 +116,29 @@ def test_nvml_runs_beside_the_package_scan_and_is_timed(site, tmp_path):
     assert {"packages_seconds", "nvml_seconds", "nvml_wait_seconds", "imports_seconds", "rest_seconds"} <= set(timings)
     assert gathered.env.gpu(0).name == "NVIDIA H100 80GB HBM3"
     assert (gathered.env.hostname, gathered.env.python) == (socket.gethostname(), platform.python_version())
+
+
+def test_an_install_without_bytecode_that_python_may_not_write_is_reported(site, tmp_path):
+    """Every rank would compile torch and FA4 from source at start (seconds each): check says so,
+    and names what to compile. Where Python may write bytecode itself, the first import heals it."""
+    for source in (site / "torch" / "__init__.py", site / "flash_attn" / "cute" / "interface.py"):
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text("")
+    (site / "flash_attn" / "__init__.py").write_text("")
+    writable = node(site, tmp_path)
+    assert "no_bytecode" not in [f.code for f in writable.findings]
+    stuck = gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / "healthy_h100.json"), check_imports=False,
+                               environ={"PYTHONDONTWRITEBYTECODE": "1"}, path=[str(site)],
+                               ledger_path=tmp_path / "ledger.json")
+    (finding,) = [f for f in stuck.findings if f.code == "no_bytecode"]
+    assert finding.severity == "warning"
+    assert str(site / "torch" / "__init__.py") in finding.message and "interface.py" in finding.message
+    assert finding.fix.startswith(f"python -m compileall -q -j 0 {site / 'flash_attn' / 'cute'} {site / 'torch'}")
+    import py_compile  # compiled: nothing to report
+
+    for source in (site / "torch" / "__init__.py", site / "flash_attn" / "cute" / "interface.py"):
+        py_compile.compile(str(source), cfile=str(source.parent / "__pycache__" / f"{source.stem}.{sys.implementation.cache_tag}.pyc"))
+    healed = gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / "healthy_h100.json"), check_imports=False,
+                                environ={"PYTHONDONTWRITEBYTECODE": "1"}, path=[str(site)],
+                                ledger_path=tmp_path / "ledger.json")
+    assert "no_bytecode" not in [f.code for f in healed.findings]

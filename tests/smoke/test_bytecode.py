@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fa4doctor.probe.smoke import bytecode
+from fa4doctor.probe import bytecode
 from fa4doctor.probe.smoke.runner import _child_environ
 
 ROOT = Path(__file__).resolve().parents[2]

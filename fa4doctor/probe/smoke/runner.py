@@ -8,7 +8,7 @@ compiles each new configuration with a JIT that takes seconds and imports in 8-1
 once in `jobs` parallel children that share FA4's disk cache (`FLASH_ATTENTION_CUTE_DSL_CACHE_*`,
 backend-rules.md §2.9); meanwhile the run children import, and then run every case from the warm
 cache and check it against float64. Where the installation has no bytecode, the children keep
-theirs in fa4doctor's cache (`bytecode.py`).
+theirs in fa4doctor's cache (`probe/bytecode.py`).
 
 >>> from fa4doctor.environment import Environment
 >>> report = run_smoke(Environment(), device="cpu", record=False)  # doctest: +SKIP
@@ -28,8 +28,8 @@ from typing import Callable, Mapping, Sequence
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 from fa4doctor.environment import Environment, GpuFacts
-from fa4doctor.probe import cache
-from fa4doctor.probe.smoke import bytecode, process
+from fa4doctor.probe import bytecode, cache
+from fa4doctor.probe.smoke import process
 from fa4doctor.probe.smoke.cases import plan_cases
 from fa4doctor.probe.smoke.vetting import ledger_entries, record_report
 from fa4doctor.probe.smoke.report import CaseResult, GpuTarget, Phases, SmokeReport

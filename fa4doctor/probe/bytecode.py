@@ -1,12 +1,13 @@
-"""Bytecode for the smoke children when the installation has none.
+"""Whether torch and the backends have bytecode, and where the smoke children keep theirs.
 
 Images that strip `__pycache__` and set `PYTHONDONTWRITEBYTECODE=1` make every new Python process
 compile its imports from source. On the lent H100 (torch 2.11 without bytecode) that was 1,077
 `compile()` calls and 3.65 s inside `import flash_attn.cute` alone, and `import torch` took 5.7 to
-7.5 s (docs/validation/h100-import-profile.txt). A smoke child is such a process every run, so
-where the packages it imports lack bytecode beside their sources, the children write and read it
-under fa4doctor's own cache instead (`PYTHONPYCACHEPREFIX`, Python >= 3.8): the installation is
-not touched, and every run after the first starts warm. A user's own prefix is always kept.
+7.5 s (docs/validation/h100-import-profile.txt). `fa4doctor check` reports it (every training
+rank pays it at start). A smoke child is such a process every run, so where the packages it
+imports lack bytecode beside their sources, the children write and read it under fa4doctor's own
+cache instead (`PYTHONPYCACHEPREFIX`, Python >= 3.8): the installation is not touched, and every
+run after the first starts warm. A user's own prefix is always kept.
 
 >>> plan = child_bytecode({"PYTHONDONTWRITEBYTECODE": "1"}, Path("/c"), ["/no/such/torch/__init__.py"])
 >>> plan.set, plan.unset
@@ -59,6 +60,11 @@ def probe_sources(backends: Iterable[str], path: list[str] | None = None) -> lis
                 sources.append(str(candidate))
                 break
     return sources
+
+
+def missing_bytecode(backends: Iterable[str], path: list[str] | None = None) -> tuple[str, ...]:
+    """The sources of torch and of `backends` (names: "fa4", ...) that have no bytecode beside them."""
+    return tuple(s for s in probe_sources(backends, path) if not has_bytecode(s))
 
 
 def child_bytecode(environ: Mapping[str, str], cache_root: Path, sources: Iterable[str]) -> BytecodePlan:
