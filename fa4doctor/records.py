@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import hashlib
+import json
 import types
 import typing
 from typing import Any
@@ -30,6 +32,16 @@ class RecordError(ValueError):
     def __init__(self, path: str, message: str):
         self.path = path
         super().__init__(f"{path or 'record'}: {message}")
+
+
+def digest(facts: object, length: int = 24) -> str:
+    """A short stable hash of `facts` (anything JSON can write; other values by `str`): the one
+    recipe behind cache keys and ledger fingerprints.
+
+    >>> digest({"b": 1, "a": [2]}) == digest({"a": [2], "b": 1})
+    True
+    """
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
 def to_plain(value: Any) -> Any:

@@ -12,12 +12,10 @@ capability), so an upgrade of any of them makes old results fall silent until re
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from fa4doctor.dispatch.reasons import BackendName, Reason, ReasonCode
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.environment import Environment, GpuFacts, LedgerEntry
+from fa4doctor.records import digest
 
 
 def fingerprint(backend: BackendName, env: Environment, gpu: GpuFacts) -> str:
@@ -34,7 +32,7 @@ def fingerprint(backend: BackendName, env: Environment, gpu: GpuFacts) -> str:
         "gpu": gpu.name,
         "compute_capability": list(gpu.compute_capability),
     }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+    return digest(facts, length=16)  # 16: the length every ledger written so far uses
 
 
 def matches(entry: LedgerEntry, spec: AttentionSpec) -> bool:

@@ -5,13 +5,12 @@ the newest `keep` files of a kind are kept. A missing, foreign or unwritable cac
 
 >>> import tempfile
 >>> folder = Path(tempfile.mkdtemp())
->>> write_json(folder, "demo", key_of({"a": 1}), [1, 2]); read_json(folder, "demo", key_of({"a": 1}))
+>>> write_json(folder, "demo", digest({"a": 1}), [1, 2]); read_json(folder, "demo", digest({"a": 1}))
 [1, 2]
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -19,17 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fa4doctor.records import digest
+
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """`$XDG_CACHE_HOME/fa4doctor`, else `$HOME/.cache/fa4doctor`, read from `environ`."""
     environ = os.environ if environ is None else environ
     home = environ.get("HOME") or os.path.expanduser("~")
     return Path(environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")) / "fa4doctor"
-
-
-def key_of(facts: object) -> str:
-    """A short hash of `facts` (anything JSON can write, other values by `str`)."""
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 def read_json(cache_dir: Path, kind: str, key: str) -> Any | None:

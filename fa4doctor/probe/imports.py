@@ -25,7 +25,7 @@ from pathlib import Path
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import ImportStatus
 from fa4doctor.probe import cache
-from fa4doctor.records import from_plain, to_plain
+from fa4doctor.records import digest, from_plain, to_plain
 
 # What "importing a backend" means: the module a caller imports first, then its native part.
 MODULES: dict[BackendName, tuple[str, ...]] = {
@@ -143,7 +143,7 @@ def run_imports(backends: tuple[BackendName, ...], *, modules: Mapping[BackendNa
 def fingerprint(software_key: object, environ: Mapping[str, str], extra: object = None) -> str:
     """What an import outcome depends on: the installed files, the interpreter, the loader's
     search paths, and `extra` (the driver version: it decides `driver_too_old`)."""
-    return cache.key_of({"software": software_key, "python": sys.executable, "version": sys.version,
+    return digest({"software": software_key, "python": sys.executable, "version": sys.version,
                          "env": {k: environ.get(k) for k in ("PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD",
                                                              "CUDA_VISIBLE_DEVICES", "CUDA_HOME")},
                          "extra": extra, "format": CACHE_FORMAT})

@@ -27,6 +27,7 @@ from pathlib import Path
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import BackendInstall, ImportStatus, Package
 from fa4doctor.probe import cache
+from fa4doctor.records import digest
 
 # Distributions that can provide each backend, best first (backend-rules.md §2.1, §3).
 PROVIDERS: dict[BackendName, tuple[str, ...]] = {
@@ -173,7 +174,7 @@ def fa4_requirements(dists: dict[str, Installed], cache_dir: Path | None = None)
     from packaging import __version__ as packaging_version  # the package alone: no parser loaded
 
     uname = os.uname()  # what markers can read, less the host name
-    key = cache.key_of({"requires": provider.requires, "installed": installed, "packaging": packaging_version,
+    key = digest({"requires": provider.requires, "installed": installed, "packaging": packaging_version,
                         "python": [sys.version, sys.implementation.name], "platform": [
                             sys.platform, uname.sysname, uname.release, uname.version, uname.machine]})
     found = None if cache_dir is None else cache.read_json(cache_dir, "requirements", key)
