@@ -61,6 +61,20 @@ def _expand_heads(k: torch.Tensor, v: torch.Tensor, heads: int) -> tuple[torch.T
     return (k, v) if groups == 1 else (k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1))
 
 
+def mask_flags(mask: MaskType, window: tuple[int, int], sq: int, sk: int) -> dict | None:
+    """SDPA's own way to say this mask (nothing, `is_causal`, `causal_lower_right`), or None when
+    it takes an explicit boolean mask. For sq, sk > 0 and no ALiBi."""
+    if not mask.is_causal and window == (-1, -1):
+        return {}
+    if not mask.is_causal or window[0] >= 0:
+        return None
+    if mask.is_top_left or sq == sk:
+        return {"is_causal": True}
+    if causal_lower_right is not None and sq < sk:
+        return {"attn_mask": causal_lower_right(sq, sk)}
+    return None
+
+
 def _flags(q, k, v, spec: AttentionSpec, scale: float, alibi, sq: int, sk: int) -> torch.Tensor:
     """q, k, v in bhsd; everything SDPA itself can express."""
     kwargs = {"dropout_p": spec.dropout_p, "scale": scale}
@@ -70,13 +84,9 @@ def _flags(q, k, v, spec: AttentionSpec, scale: float, alibi, sq: int, sk: int) 
         else:
             k, v = _expand_heads(k, v, q.shape[1])
     mask, window = spec.attn_mask_type, spec.window_size
-    plain_causal = mask.is_causal and window[0] < 0 and alibi is None
-    if not mask.is_causal and window == (-1, -1) and alibi is None:
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    if plain_causal and sk > 0 and (mask.is_top_left or sq == sk):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
-    if plain_causal and causal_lower_right is not None and 0 < sq <= sk:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(sq, sk), **kwargs)
+    flags = None if alibi is not None else mask_flags(mask, window, sq, sk)
+    if flags is not None:
+        return F.scaled_dot_product_attention(q, k, v, **flags, **kwargs)
     ok, rows, every_row = allowed_keys(mask, window, sq, sk, q.device)
     if not every_row:
         ok = ok | ~rows[:, None]  # let empty rows see everything, then zero them below
@@ -145,15 +155,8 @@ def fast_kwargs(spec: AttentionSpec, scale: float) -> dict | None:
         kwargs["dropout_p"] = spec.dropout_p
     if scale != spec.head_dim_qk ** -0.5:
         kwargs["scale"] = scale
-    if not mask.is_causal and spec.window_size == (-1, -1):
-        return kwargs
-    if not mask.is_causal or spec.window_size[0] >= 0:
-        return None
-    if mask.is_top_left or sq == sk:
-        return {**kwargs, "is_causal": True}
-    if causal_lower_right is not None and sq < sk:
-        return {**kwargs, "attn_mask": causal_lower_right(sq, sk)}
-    return None
+    flags = mask_flags(mask, spec.window_size, sq, sk)
+    return None if flags is None else {**kwargs, **flags}
 
 
 def bind(spec: AttentionSpec, scale: float):
