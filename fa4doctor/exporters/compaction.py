@@ -68,25 +68,31 @@ def compact(root: str | os.PathLike, *, grace_seconds: float = DEFAULT_GRACE_SEC
     for stale in _absorbed_names(archive):
         if not _unlink(root / stale):
             still.add(stale)
-    dead = {rel: p for rel, p in counter_files(root).items()
-            if p.name.startswith("counter_") and p.name != ARCHIVE_NAME and rel not in still
-            and _old(p, now, grace_seconds) and _ours(p) and not writer_alive(p)}
+    dead = {}  # rel -> (path, its rows), each file read once
+    for rel, path in counter_files(root).items():
+        if (path.name.startswith("counter_") and path.name != ARCHIVE_NAME and rel not in still
+                and _old(path, now, grace_seconds) and not writer_alive(path)):
+            rows = _our_rows(path)
+            if rows is not None:
+                dead[rel] = (path, rows)
     if not dead:
         return Compaction(removed_dirs=_remove_empty_dirs(root, now, grace_seconds))
     try:
         _write_archive(root, archive, dead, still)
     except UNREADABLE as exc:
         return Compaction(error=f"{type(exc).__name__}: {exc}")
-    for path in dead.values():
+    for path, _rows in dead.values():
         _unlink(path)
     return Compaction(absorbed=len(dead), removed_dirs=_remove_empty_dirs(root, now, grace_seconds))
 
 
-def _write_archive(root: Path, archive: Path, dead: dict[str, Path], still: set[str]) -> None:
-    sources = [archive, *dead.values()] if archive.exists() else list(dead.values())
+def _write_archive(root: Path, archive: Path, dead: dict[str, tuple[Path, list]], still: set[str]) -> None:
+    sources = [rows for _path, rows in dead.values()]
+    if archive.exists():
+        sources.append(read_values(archive))
     totals: dict[tuple, float] = {}
-    for path in sources:
-        for family, name, labels, value in read_values(path):
+    for rows in sources:
+        for family, name, labels, value in rows:
             if family != ABSORBED and wanted(family, name, labels):
                 key = (family.removesuffix("_total"), name, tuple(sorted(labels.items())))
                 totals[key] = totals.get(key, 0.0) + value
@@ -110,13 +116,14 @@ def _write_archive(root: Path, archive: Path, dead: dict[str, Path], still: set[
     os.replace(tmp, archive)
 
 
-def _ours(path: Path) -> bool:
-    """A readable file holding dispatch counters, or nothing yet (never a foreign or corrupt one)."""
+def _our_rows(path: Path) -> list | None:
+    """The rows of a readable file holding dispatch counters (or nothing yet); None for a foreign
+    or corrupt one, which is never absorbed."""
     try:
         rows = read_values(path)
     except UNREADABLE:
-        return False
-    return not rows or any(wanted(f, n, l) or f == ABSORBED for f, n, l, _v in rows)
+        return None
+    return rows if not rows or any(wanted(f, n, l) or f == ABSORBED for f, n, l, _v in rows) else None
 
 
 def _old(path: Path, now: float, grace: float) -> bool:
