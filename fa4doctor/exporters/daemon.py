@@ -245,7 +245,7 @@ class Daemon:
         """Smoke kernels on the idle GPUs only; returns None when skipped (and counts why)."""
         if self.config.smoke_level == "off":
             return None
-        gpus = self.poll_nvml()
+        gpus = self.poll_nvml()  # fresh, not the probe cycle's: a job may have started since (milliseconds)
         idle = [g.uuid for g in gpus or () if g.compute_processes == 0 and g.uuid]
         if not idle:
             reason = "nvml_unavailable" if gpus is None else "gpus_busy" if gpus else "no_gpu"

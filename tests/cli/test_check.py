@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from probe_fakes import write_dist
 
 from fa4doctor.cli import cli
 from fa4doctor.environment import Environment, LedgerEntry, load_environment
@@ -20,29 +19,15 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "nvml"
 REPO = Path(__file__).parent.parent.parent
 
 
-def _dist(root: Path, name: str, version: str, files=(), requires=()) -> None:
-    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-                                   + "".join(f"Requires-Dist: {r}\n" for r in requires))
-    record = []
-    for relative in files:
-        (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        (root / relative).write_text("")
-        digest = base64.urlsafe_b64encode(hashlib.sha256(b"").digest()).rstrip(b"=").decode()
-        record.append(f"{relative},sha256={digest},0\n")
-    (info / "RECORD").write_text("".join(record))
-
-
 @pytest.fixture
 def fa4_site(tmp_path) -> Path:
     """An FA4 b36 install in a --target style directory, found through PYTHONPATH as on the GPU node."""
     site = tmp_path / "target"
-    _dist(site, "flash-attn-4", "4.0.0b36", ["flash_attn/cute/__init__.py", "flash_attn/cute/interface.py"],
-          ["nvidia-cutlass-dsl>=4.6.2", "quack-kernels>=0.5.3", "apache-tvm-ffi<0.2,>=0.1.11", "torch-c-dlpack-ext"])
+    write_dist(site, "flash-attn-4", "4.0.0b36", {"flash_attn/cute/__init__.py": "", "flash_attn/cute/interface.py": ""},
+               ("nvidia-cutlass-dsl>=4.6.2", "quack-kernels>=0.5.3", "apache-tvm-ffi<0.2,>=0.1.11", "torch-c-dlpack-ext"))
     for name, version in (("nvidia-cutlass-dsl", "4.8.1"), ("quack-kernels", "0.6.5"),
                           ("apache-tvm-ffi", "0.1.15"), ("torch-c-dlpack-ext", "0.1.5")):
-        _dist(site, name, version)
+        write_dist(site, name, version)
     return site
 
 

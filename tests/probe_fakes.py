@@ -1,4 +1,4 @@
-"""Helpers for probe tests: fake dist-info trees and the checked-in NVML scenarios."""
+"""Helpers for the probe and check tests: fake dist-info trees and the checked-in NVML scenarios."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 import hashlib
 from pathlib import Path
 
-NVML_FIXTURES = Path(__file__).parent.parent / "fixtures" / "nvml"
+NVML_FIXTURES = Path(__file__).parent / "fixtures" / "nvml"
 
 
 def write_dist(root: Path, name: str, version: str, files: dict[str, str] | None = None,
