@@ -72,6 +72,9 @@ def render_smoke(smoke: dict, console: Console | None = None) -> None:
     phases = smoke.get("phases", {})
     console.print("phases: " + ", ".join(f"{name} {_seconds(phases.get(f'{name}_seconds'))} s"
                                          for name in ("import", "compile", "run", "total")))
+    if smoke.get("bytecode_cache"):
+        console.print(f"the children keep their bytecode in {escape(smoke['bytecode_cache'])} "
+                      "(only the first run compiles it)")
     if smoke.get("ledger"):
         console.print(f"recorded in the vetting ledger {escape(smoke['ledger'])}")
     if smoke.get("ledger_problem"):

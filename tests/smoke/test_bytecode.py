@@ -60,3 +60,20 @@ def test_a_child_started_with_that_environment_writes_its_bytecode_to_the_cache(
     subprocess.run([sys.executable, "-c", "import fa4doctor.probe.smoke.process"], env=env, check=True,
                    cwd=tmp_path, timeout=120)
     assert list(prefix.rglob(f"process.{sys.implementation.cache_tag}.pyc"))
+
+
+def test_the_report_says_where_the_children_kept_their_bytecode():
+    from rich.console import Console
+
+    from fa4doctor.exporters.smoke_view import render_smoke
+    from fa4doctor.probe.smoke.report import CaseResult, SmokeReport
+
+    case = (CaseResult(backend="sdpa", case="sdpa:x", spec={}, direction="fwd", outcome="pass"),)
+    plain = SmokeReport(level="quick", cases=case, bytecode_cache="/c/fa4doctor/pycache").to_plain()
+    assert plain["bytecode_cache"] == "/c/fa4doctor/pycache"
+    console = Console(record=True, width=200)
+    render_smoke(plain, console)
+    assert "the children keep their bytecode in /c/fa4doctor/pycache" in console.export_text()
+    console = Console(record=True, width=200)
+    render_smoke(SmokeReport(level="quick", cases=case).to_plain(), console)
+    assert "bytecode" not in console.export_text()

@@ -34,6 +34,7 @@ def test_json_report_and_exit_0_when_everything_passes(snapshot, tmp_path):
     assert [(c["backend"], c["direction"], c["outcome"]) for c in report["cases"]] == [
         ("fa4", "fwd", "pass"), ("fa4", "bwd", "pass")]
     assert report["ledger"] == str(ledger) and len(read_ledger(ledger).entries) == 2
+    assert report["bytecode_cache"] is None  # this installation has its bytecode
 
 
 def test_a_failure_exits_3_is_recorded_and_the_dispatcher_then_refuses_it(snapshot, tmp_path):

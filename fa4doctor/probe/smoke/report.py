@@ -87,6 +87,7 @@ class SmokeReport:
     gpus: tuple[GpuTarget, ...] = ()
     started_at: float | None = None  # Unix time
     finished_at: float | None = None
+    bytecode_cache: str | None = None  # PYTHONPYCACHEPREFIX of the children (probe/bytecode.py)
 
     @property
     def failures(self) -> tuple[CaseResult, ...]:
@@ -102,6 +103,6 @@ class SmokeReport:
                 "ledger": self.ledger, "ledger_problem": self.ledger_problem,
                 "phases": to_plain(self.phases),
                 "started_at": self.started_at, "finished_at": self.finished_at,
-                "gpus": to_plain(self.gpus),
+                "gpus": to_plain(self.gpus), "bytecode_cache": self.bytecode_cache,
                 "healthy": self.healthy,
                 "cases": [c.to_plain() for c in self.cases]}

@@ -287,7 +287,8 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
     gpus_run = _distinct_gpus(targets)
     report = SmokeReport(level=level, cases=results, phases=phases, gpus=tuple(t.label for t in gpus_run),
                          ledger_entries=ledger_entries(env, [t.gpu for t in gpus_run if t.gpu], results),
-                         started_at=started, finished_at=time.time())
+                         started_at=started, finished_at=time.time(),
+                         bytecode_cache=base_env.get(bytecode.PREFIX))
     return record_report(report, ledger_path) if record else report
 
 
