@@ -16,6 +16,7 @@ run after the first starts warm. A user's own prefix is always kept.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from importlib.machinery import PathFinder
@@ -67,10 +68,18 @@ def missing_bytecode(backends: Iterable[str], path: list[str] | None = None) -> 
     return tuple(s for s in probe_sources(backends, path) if not has_bytecode(s))
 
 
+def stuck(missing: Iterable[str], environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Of the sources without bytecode, those Python will not write it for either: all of them
+    under `PYTHONDONTWRITEBYTECODE`, else those in a read-only folder; none under a user's prefix."""
+    if environ.get(PREFIX):
+        return ()
+    return tuple(s for s in missing if environ.get(DONT_WRITE) or not os.access(os.path.dirname(s), os.W_OK))
+
+
 def child_bytecode(environ: Mapping[str, str], cache_root: Path, sources: Iterable[str]) -> BytecodePlan:
-    """Where to keep the children's bytecode: unchanged when the user chose a prefix or every
-    source has bytecode beside it; else fa4doctor's cache (`cache_root/pycache`)."""
-    missing = tuple(s for s in sources if not has_bytecode(s))
-    if environ.get(PREFIX) or not missing:
+    """Where to keep the children's bytecode: unchanged when the user chose a prefix or Python
+    can keep it beside every source; else fa4doctor's cache (`cache_root/pycache`)."""
+    missing = stuck((s for s in sources if not has_bytecode(s)), environ)
+    if not missing:
         return BytecodePlan({}, (), missing)
     return BytecodePlan({PREFIX: str(cache_root / "pycache")}, (DONT_WRITE,), missing)

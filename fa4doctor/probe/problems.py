@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from fa4doctor.environment import (BackendInstall, DriverInfo, Finding, GpuFacts, ImportStatus, JitCache,
                                    TorchInfo, cuda_version_text)
+from fa4doctor.probe import bytecode
 from fa4doctor.probe.packages import OBSOLETE_FA4_NAMES, PackageFacts
 from fa4doctor.probe.system import order_is_ambiguous, visible_entries
 
@@ -231,8 +232,8 @@ def jit_cache_findings(cache: JitCache, fa4_installed: bool) -> list[Finding]:
 
 def bytecode_findings(missing: tuple[str, ...], environ: Mapping[str, str]) -> list[Finding]:
     """Sources (torch's, a backend's) with no bytecode that Python will not write either."""
-    stuck = [s for s in missing if environ.get("PYTHONDONTWRITEBYTECODE") or not os.access(os.path.dirname(s), os.W_OK)]
-    if not stuck or environ.get("PYTHONPYCACHEPREFIX"):
+    stuck = bytecode.stuck(missing, environ)
+    if not stuck:
         return []
     # Measured on the lent H100's image: import torch 5.7-7.5 s, and 3.65 s of compile() inside
     # FA4's import (docs/validation/h100-import-profile.txt).

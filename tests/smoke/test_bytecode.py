@@ -35,7 +35,7 @@ def test_sources_are_found_without_importing_and_bytecode_is_seen(tmp_path):
     assert bytecode.probe_sources(["fa4"], path=[str(tmp_path / "empty")]) == []
 
 
-def test_the_children_get_a_prefix_only_where_bytecode_is_missing(tmp_path):
+def test_the_children_get_a_prefix_only_where_python_cannot_keep_bytecode_itself(tmp_path):
     with_pyc = str(_package(tmp_path, "torch", "__init__.py", compiled=True))
     without = str(_package(tmp_path, "flash_attn", "cute/interface.py", compiled=False))
     environ = {"PYTHONDONTWRITEBYTECODE": "1", "PATH": "/bin"}
@@ -45,6 +45,8 @@ def test_the_children_get_a_prefix_only_where_bytecode_is_missing(tmp_path):
     assert plan.apply(environ) == {"PATH": "/bin", "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache")}
     own = {**environ, "PYTHONPYCACHEPREFIX": "/mine"}  # the user's prefix is never replaced
     assert bytecode.child_bytecode(own, tmp_path, [without]).apply(own) == own
+    writable = {"PATH": "/bin"}  # Python writes it beside the source at the first import
+    assert bytecode.child_bytecode(writable, tmp_path, [without]).apply(writable) == writable
 
 
 def test_a_child_started_with_that_environment_writes_its_bytecode_to_the_cache(tmp_path, monkeypatch):
