@@ -1,7 +1,7 @@
 """What `fa4doctor.dispatch.attention()` adds to a call, and where it goes.
 
 Median microseconds per call on identical tiny tensors, every row timed in blocks interleaved
-round by round so drift (clocks, caches, other load) hits all rows alike:
+round by round, in a shuffled order, so drift (clocks, caches, other load) hits all rows alike:
 
 - direct:    the backend called by hand with exactly the keywords and layout work the adapter
              uses (taken from the adapter, so the two cannot drift apart);
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import statistics
 import time
 
@@ -97,11 +98,15 @@ def only_plan():
 
 def measure(rows: dict, plan, real_run, args, rounds: int, calls: int, sync) -> dict[str, list[float]]:
     """rows: name -> (fn, whether plan.run runs the kernel, whether fn launches kernels at all);
-    plan.run is swapped between blocks, never inside one."""
+    plan.run is swapped between blocks, never inside one. The rows run in a fresh random order
+    each round (fixed seed), so no row always follows the same one and inherits its cache state."""
     noop = lambda *a: None  # noqa: E731
     times = {name: [] for name in rows}
+    order, shuffle = list(rows), random.Random(0).shuffle
     for _ in range(rounds):
-        for name, (fn, kernel, launches) in rows.items():
+        shuffle(order)
+        for name in order:
+            fn, kernel, launches = rows[name]
             plan.run = real_run if kernel else noop
             times[name].append(block(fn, args, calls, sync if launches else noop))
     plan.run = real_run
