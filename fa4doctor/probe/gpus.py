@@ -61,6 +61,18 @@ def probe_gpus(nvml: NvmlSource) -> tuple[DriverInfo, tuple[GpuFacts, ...]]:
         nvml.shutdown()
 
 
+def read_driver(nvml: NvmlSource) -> DriverInfo:
+    """The driver facts alone (the runtime's fingerprint needs its version); failures become data."""
+    try:
+        nvml.init()
+    except NvmlFailure as exc:
+        return DriverInfo(nvml_status=INIT_STATUS.get(exc.code, "error"), nvml_error=str(exc))
+    try:
+        return _driver(nvml)
+    finally:
+        nvml.shutdown()
+
+
 class GpuProbe:
     """`probe_gpus(nvml)` in a background thread from the moment it is made; `result()` waits.
 

@@ -133,7 +133,7 @@ def scan_packages(path: list[str] | None = None, cache_dir: Path | None = None) 
     `cache_dir` keeps FA4's requirement checks between runs (`fa4_requirements`).
     """
     first, every = find_distributions(path)
-    found = {name: tuple(Installed.read(name, d) for d in dists) for name, dists in every.items() if name in REPORTED}
+    found = _reported(every)
     relevant = {name: dists[0] for name, dists in found.items()}
     packages = tuple(Package(name=name, version=d.version, location=d.location) for name, d in sorted(relevant.items()))
     requirements = fa4_requirements(relevant, cache_dir)
@@ -143,6 +143,18 @@ def scan_packages(path: list[str] | None = None, cache_dir: Path | None = None) 
     return PackageFacts(packages=packages, backends=backends, fa4_requirements=requirements,
                         cute_files=cute_ownership(first, path), duplicates=duplicates,
                         software_key=_software_key(every))
+
+
+def backend_installs(path: list[str] | None = None) -> tuple[BackendInstall, ...]:
+    """Which distribution provides each backend, and the dependencies the vetting fingerprint
+    hashes: what `scan_packages` says of the backends, without the rest (the runtime's view)."""
+    relevant = {name: dists[0] for name, dists in _reported(find_distributions(path)[1]).items()}
+    requirements = fa4_requirements(relevant)
+    return tuple(_backend(backend, relevant, requirements) for backend in PROVIDERS)
+
+
+def _reported(every: dict[str, list[metadata.Distribution]]) -> dict[str, tuple[Installed, ...]]:
+    return {name: tuple(Installed.read(name, d) for d in dists) for name, dists in every.items() if name in REPORTED}
 
 
 def _backend(backend: BackendName, dists: dict[str, Installed],
