@@ -135,6 +135,7 @@ def test_children_are_pinned_to_their_gpu_by_uuid_and_share_fa4s_cache():
     two = Environment(gpus=(H100, replace(H100, uuid="GPU-b", cuda_index=1), replace(H100, uuid="GPU-c", cuda_index=None)))
     assert [g.uuid for g in select_gpus(two, None)] == [H100.uuid, "GPU-b"]  # GPU-c is hidden
     assert [g.uuid for g in select_gpus(two, ["GPU-b", 0])] == ["GPU-b", H100.uuid]
+    assert [g.uuid for g in select_gpus(two, ["0", H100.uuid])] == [H100.uuid]  # one GPU, named twice
     with pytest.raises(SpecError, match="gpu: no visible GPU 'GPU-c'"):
         select_gpus(two, ["GPU-c"])
     user = _child_environ({"FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": "/shared/cache"}, fake=None)

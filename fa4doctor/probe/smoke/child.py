@@ -1,4 +1,4 @@
-"""The smoke child: one process per GPU (pinned by `CUDA_VISIBLE_DEVICES=<uuid>`) runs cases.
+"""The smoke child: one process per GPU and backend, or per compile chunk (pinned by `CUDA_VISIBLE_DEVICES=<uuid>`), runs cases.
 
 Protocol: the parent starts `python -m fa4doctor.probe.smoke.child --device cuda --preload fa4`;
 the child imports the backends (timed), prints a `ready` line, then reads one JSON job from stdin:

@@ -66,10 +66,14 @@ class _Target:
     gpu: GpuFacts | None
     plain: list[dict]
 
-    @property
-    def label(self) -> GpuTarget:
-        g = self.gpu
-        return GpuTarget(g.cuda_index, g.nvml_index, g.uuid, g.name) if g else GpuTarget(None, None, None, None)
+
+def _label(g: GpuFacts | None) -> GpuTarget:
+    return GpuTarget(g.cuda_index, g.nvml_index, g.uuid, g.name) if g else GpuTarget(None, None, None, None)
+
+
+def _gpu_key(gpu: GpuFacts | None) -> str | int | None:
+    """Which GPU a result belongs to: its UUID, else (no NVML) its CUDA index."""
+    return (gpu.uuid or gpu.cuda_index) if gpu else None
 
 
 def default_cache_dir(environ: Mapping[str, str]) -> str:
@@ -90,7 +94,8 @@ def select_gpus(env: Environment, wanted: Sequence[str | int] | None) -> list[Gp
         if match is None:
             choices = [f"{g.cuda_index} ({g.uuid})" for g in visible] or ["none: no GPU is visible"]
             raise SpecError("gpu", f"no visible GPU {text!r}", choices)
-        chosen.append(match)
+        if match not in chosen:  # named twice (by index and by UUID): vetted once
+            chosen.append(match)
     return chosen
 
 
@@ -108,15 +113,6 @@ def _plan(env: Environment, level: str, gpus: list[GpuFacts | None], **kwargs) -
     return targets
 
 
-def _distinct_gpus(targets: list[_Target]) -> list[_Target]:
-    """The first target of each GPU (targets of one GPU differ only in their backend)."""
-    seen: dict[str | int | None, _Target] = {}
-    for target in targets:
-        gpu = target.gpu
-        seen.setdefault((gpu.uuid or gpu.cuda_index) if gpu else None, target)
-    return list(seen.values())
-
-
 def _child_spec(base: dict[str, str], gpu: GpuFacts | None, device: str, preload, timeout,
                 fleet: process.Fleet | None = None) -> process.ChildSpec:
     env = dict(base)
@@ -132,27 +128,27 @@ def _visible_entry(environ: Mapping[str, str], cuda_index: int) -> str:
     return visible[cuda_index] if cuda_index < len(visible) else str(cuda_index)
 
 
-def _model(target: _Target) -> str | None:
-    return target.gpu.name if target.gpu else None
+def _model(gpu: GpuFacts | None) -> str | None:
+    return gpu.name if gpu else None
 
 
-def _compile_work(targets: list[_Target], jobs: int) -> list[tuple[_Target, list[dict]]]:
+def _compile_work(targets: list[_Target], gpus: list[GpuFacts | None],
+                  jobs: int) -> list[tuple[GpuFacts | None, list[dict]]]:
     """FA4 cases, once per GPU model, split over `jobs` children (pinned round-robin to that
     model's GPUs); empty when a compile phase would not pay for its own imports (it saves
     len - ceil(len / jobs) compiles of ~5 s against one more import of ~10 s)."""
-    by_model: dict[str | None, list[tuple[_Target, dict]]] = {}
+    by_model: dict[str | None, list[dict]] = {}
     for target in targets:
-        names = {c["name"] for _, c in by_model.get(_model(target), [])}
-        by_model.setdefault(_model(target), []).extend(
-            (target, c) for c in target.plain
-            if BackendName(c["backend"]) in JIT_BACKENDS and c["name"] not in names)
+        names = {c["name"] for c in by_model.get(_model(target.gpu), [])}
+        by_model.setdefault(_model(target.gpu), []).extend(
+            c for c in target.plain if BackendName(c["backend"]) in JIT_BACKENDS and c["name"] not in names)
     work = []
     for model, items in by_model.items():
         if jobs < 2 or len(items) - math.ceil(len(items) / jobs) <= 2:
             continue
-        gpus = [t for t in _distinct_gpus(targets) if _model(t) == model]
+        pinned = [g for g in gpus if _model(g) == model]
         for i in range(min(jobs, len(items))):
-            work.append((gpus[i % len(gpus)], [case for _, case in items[i::jobs]]))
+            work.append((pinned[i % len(pinned)], items[i::jobs]))
     return work
 
 
@@ -165,13 +161,12 @@ class _Collector:
         self.results: list[CaseResult] = []
         self.total, self.progress = total, progress
 
-    def compile_recorder(self, target: _Target, cases: list[dict]):
+    def compile_recorder(self, gpu: GpuFacts | None, cases: list[dict]):
         names = {c["id"]: c["name"] for c in cases}
 
         def record(key: process.Key, fields: dict) -> None:
             with self.lock:
-                uuid = target.gpu.uuid if target.gpu else None
-                self.compiled[(_model(target), names[key[0]], key[1])] = {**fields, "gpu_uuid": uuid}
+                self.compiled[(_model(gpu), names[key[0]], key[1])] = {**fields, "gpu": _gpu_key(gpu)}
                 if self.progress:
                     self.progress(ProgressEvent("compile", len(self.compiled), None))
         return record
@@ -184,7 +179,7 @@ class _Collector:
         return record
 
     def add(self, target: _Target, case: dict, direction: str, fields: dict) -> None:
-        compiled = self.compiled.get((_model(target), case["name"], direction), {})
+        compiled = self.compiled.get((_model(target.gpu), case["name"], direction), {})
         fields = dict(fields)
         if compiled.get("compile_seconds") is not None:
             fields["compile_seconds"] = compiled["compile_seconds"]  # the JIT ran there, not here
@@ -213,9 +208,9 @@ def _parallel(function, items, workers: int) -> list:
 
 def _compile_phase(work, base_env, device, timeout, collector, jobs, fleet) -> None:
     def compile_chunk(item):
-        target, cases = item
-        spec = _child_spec(base_env, target.gpu, device, {c["backend"] for c in cases}, timeout, fleet)
-        process.run_cases(spec, cases, "compile", collector.compile_recorder(target, cases))
+        gpu, cases = item
+        spec = _child_spec(base_env, gpu, device, {c["backend"] for c in cases}, timeout, fleet)
+        process.run_cases(spec, cases, "compile", collector.compile_recorder(gpu, cases))
 
     _parallel(compile_chunk, work, jobs)
 
@@ -226,17 +221,17 @@ def _run_phase(targets, children, specs, collector) -> list[dict]:
         todo = []
         for case in target.plain:
             directions = process.directions(case)
-            found = [collector.compiled.get((_model(target), case["name"], d)) for d in directions]
-            here = all(f and f["gpu_uuid"] == (target.gpu.uuid if target.gpu else None) for f in found)
+            found = [collector.compiled.get((_model(target.gpu), case["name"], d)) for d in directions]
+            here = all(f and f["gpu"] == _gpu_key(target.gpu) for f in found)
             # A failure is final on the GPU it happened on; another GPU of the model runs it again.
             if here and any(f["outcome"] not in ("pass", "skipped") for f in found):
                 for direction, fields in zip(directions, found):  # settled by the compile phase
-                    collector.add(target, case, direction, fields or {"outcome": "skipped"})
+                    collector.add(target, case, direction, fields)
             else:
                 todo.append(case)
         if not todo:
-            process.kill(child)
-            return [child.ready] if child.ready else []
+            process.kill(child)  # never waited for: no import time to report
+            return []
         return process.run_cases(specs[index], todo, "run", collector.run_recorder(target), child)
 
     return [r for readies in _parallel(run_target, range(len(targets)), len(targets)) for r in readies]
@@ -267,7 +262,7 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
     fleet = process.Fleet()
     specs = [_child_spec(base_env, t.gpu, device, {c["backend"] for c in t.plain}, timeout, fleet)
              for t in targets]
-    work = _compile_work(targets, jobs)
+    work = _compile_work(targets, chosen, jobs)
     try:
         children = [process.spawn(spec) for spec in specs]  # they import while the compile phase runs
         compile_start = time.monotonic()
@@ -281,12 +276,12 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
     phases = Phases(import_seconds=max((r.get("import_seconds", 0.0) for r in readies), default=0.0),
                     compile_seconds=(run_start - compile_start) if work else 0.0,
                     run_seconds=end - run_start, total_seconds=end - clock)
-    rank = {(t.label.gpu, c["name"]): c["id"] for t in targets for c in t.plain}  # the plan's order
-    results = tuple(sorted(collector.results, key=lambda r: (str(r.gpu), rank[(r.gpu, r.case)],
-                                                             r.direction != "fwd")))
-    gpus_run = _distinct_gpus(targets)
-    report = SmokeReport(level=level, cases=results, phases=phases, gpus=tuple(t.label for t in gpus_run),
-                         ledger_entries=ledger_entries(env, [t.gpu for t in gpus_run if t.gpu], results),
+    # ids number the cases GPU by GPU in the plan's order
+    rank = {(t.gpu.cuda_index if t.gpu else None, c["name"]): c["id"] for t in targets for c in t.plain}
+    results = tuple(sorted(collector.results, key=lambda r: (rank[(r.gpu, r.case)], r.direction != "fwd")))
+    used = [g for g in chosen if any(t.gpu is g for t in targets)]
+    report = SmokeReport(level=level, cases=results, phases=phases, gpus=tuple(_label(g) for g in used),
+                         ledger_entries=ledger_entries(env, [g for g in used if g], results),
                          started_at=started, finished_at=time.time(),
                          bytecode_cache=base_env.get(bytecode.PREFIX))
     return record_report(report, ledger_path) if record else report
