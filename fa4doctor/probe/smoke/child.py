@@ -1,4 +1,5 @@
-"""The smoke child: one process per GPU and backend, or per compile chunk (pinned by `CUDA_VISIBLE_DEVICES=<uuid>`), runs cases.
+"""The smoke child runs cases: one per GPU and backend, or per compile chunk, pinned to its GPU
+by `CUDA_VISIBLE_DEVICES=<uuid>`.
 
 Protocol: the parent starts `python -m fa4doctor.probe.smoke.child --device cuda --preload fa4`;
 the child imports the backends (timed), prints a `ready` line, then reads one JSON job from stdin:
