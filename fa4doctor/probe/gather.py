@@ -62,7 +62,7 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
         clock = now
 
     facts = scan_packages(path, cache_dir=cache)
-    torch = read_torch_info()
+    torch = read_torch_info(path=path)
     lap("packages")
     driver, gpus = probe.result()
     gpus = map_cuda_ordinals(gpus, environ)

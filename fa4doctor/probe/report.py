@@ -12,9 +12,11 @@ is the `fa4doctor.check` contract (schema_version 1) that the daemon and `explai
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 
 from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS
+from fa4doctor.dispatch.backends import BY_NAME
 from fa4doctor.dispatch.policy import Policy
 from fa4doctor.dispatch.reasons import BackendName, decision_to_plain
 from fa4doctor.dispatch.selection import decide
@@ -25,10 +27,8 @@ from fa4doctor.probe.default_specs import DEFAULT_SPECS
 SCHEMA = "fa4doctor.check"
 SCHEMA_VERSION = 1
 
-# What to do when the expected backend is refused, by the first reason's code.
+# What to do when the expected backend is refused, by the first reason's code (installs: `_install_fix`).
 REASON_FIXES = {
-    "not_installed": "pip install --pre 'flash-attn-4>=4.0.0b11' (or: pip install 'fa4doctor[fa4]')",
-    "version_too_old": "pip install --pre -U flash-attn-4",
     "import_failed": "see the import problem above",
     "no_gpu": "run the check where a GPU is visible (CUDA_VISIBLE_DEVICES, --gpus all)",
     "arch_unsupported": "this GPU cannot run the backend; nothing to fix on the node",
@@ -57,6 +57,19 @@ def verdicts(env: Environment, specs: Sequence[tuple[str, AttentionSpec]], polic
     return found
 
 
+def _install_fix(code: str, backend: BackendName) -> str | None:
+    """pip's command for the expected backend, from its own data (name, recommended version)."""
+    cls = BY_NAME[backend]
+    name, want = cls.DISTRIBUTIONS[0], cls.RECOMMENDED_VERSION or cls.MIN_VERSION
+    pre = "--pre " if want and re.search(r"[a-z]", want) else ""  # FA4 ships only pre-releases
+    if code == "version_too_old":
+        return f"pip install {pre}-U {name}"
+    if code == "not_installed":
+        extra = " (or: pip install 'fa4doctor[fa4]')" if backend is BackendName.FA4 else ""
+        return f"pip install {pre}'{name}>={want}'{extra}" if want else f"pip install {name}{extra}"
+    return None
+
+
 def verdict_problems(found: list[dict], expect: BackendName) -> list[dict]:
     """One problem per GPU and first reason where the expected backend was not chosen."""
     groups: dict[tuple[int, str], list[dict]] = {}
@@ -74,7 +87,8 @@ def verdict_problems(found: list[dict], expect: BackendName) -> list[dict]:
         problems.append({"code": f"{expect.value}_not_eligible", "severity": "error",
                          "message": f"{expect.value} is not used on cuda:{gpu} ({group[0]['gpu_name']}) for "
                                     f"{names}: {code}: {detail}",
-                         "fix": REASON_FIXES.get(code, f"fa4doctor explain for the full table ({code})")})
+                         "fix": _install_fix(code, expect) or REASON_FIXES.get(
+                             code, f"fa4doctor explain for the full table ({code})")})
     return problems
 
 

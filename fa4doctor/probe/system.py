@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import tempfile
 from collections.abc import Mapping
+from importlib.machinery import PathFinder
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,11 +30,12 @@ _VERSION = re.compile(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", re.M)
 _CUDA = re.compile(r"^cuda\s*(?::[^=]*)?=\s*(?:['\"]([^'\"]+)['\"]|None)", re.M)
 
 
-def read_torch_info(torch_dir: str | Path | None = None) -> TorchInfo:
-    """torch's version and build CUDA from `torch/version.py`, found through `find_spec` (no import)."""
+def read_torch_info(torch_dir: str | Path | None = None, path: list[str] | None = None) -> TorchInfo:
+    """torch's version and build CUDA from `torch/version.py`, found on `path` (default `sys.path`,
+    as the package scan searches) without importing it."""
     if torch_dir is None:
         try:
-            spec = importlib.util.find_spec("torch")
+            spec = PathFinder.find_spec("torch", path)
         except (ImportError, ValueError):
             spec = None
         if spec is None or not spec.submodule_search_locations:

@@ -142,3 +142,20 @@ def test_an_install_without_bytecode_that_python_may_not_write_is_reported(site,
                                 environ={"PYTHONDONTWRITEBYTECODE": "1"}, path=[str(site)],
                                 ledger_path=tmp_path / "ledger.json")
     assert "no_bytecode" not in [f.code for f in healed.findings]
+
+
+def test_the_install_fix_names_the_expected_backend(site, tmp_path):
+    report = build_report(node(site, tmp_path), expect=BackendName.FA3)
+    problem = next(p for p in report["problems"] if p["code"] == "fa3_not_eligible")
+    assert "not_installed" in problem["message"] and problem["fix"] == "pip install flash-attn-3"
+
+
+def test_torch_is_read_from_the_path_the_package_scan_searches(site, tmp_path):
+    env = gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / "healthy_h100.json"), check_imports=False,
+                             environ={}, path=[str(site)], ledger_path=tmp_path / "ledger.json")
+    assert env.torch.version is None  # not the torch of the interpreter running the test
+    (site / "torch").mkdir()
+    (site / "torch" / "version.py").write_text("__version__ = '2.11.0+cu130'\ncuda = '13.0'\n")
+    env = gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / "healthy_h100.json"), check_imports=False,
+                             environ={}, path=[str(site)], ledger_path=tmp_path / "ledger.json")
+    assert (env.torch.version, env.torch.cuda) == ("2.11.0+cu130", "13.0")
