@@ -114,7 +114,8 @@ def in_process_breakdown(metrics: Path, check: Path, n: int) -> list[tuple[str, 
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-    from fa4doctor.exporters.collector import Collector, _Families
+    from fa4doctor.exporters.collector import Collector
+    from fa4doctor.exporters.textfile import Families
     from fa4doctor.exporters.daemon import DaemonState
 
     state = DaemonState(ready=True, check=json.loads(check.read_text()), probe_up=True)
@@ -135,7 +136,7 @@ def in_process_breakdown(metrics: Path, check: Path, n: int) -> list[tuple[str, 
         ("the scrape's work (Collector.exposition, what /metrics runs)",
          timed(lambda: collector.exposition(generate_latest, CONTENT_TYPE_PLAIN_0_0_4), n)),
         ("  read the metrics directory (CounterReader.read)", timed(collector._reader.read, n)),
-        ("  encode the dispatch families", timed(lambda: generate_latest(_Families(dispatch)), n)),
+        ("  encode the dispatch families", timed(lambda: generate_latest(Families(dispatch)), n)),
         ("  the first scrape after a cycle ends (health and text rebuilt)", timed(fresh_state, n // 10)),
         ("  the first scrape of a new report (renders it; timed once)", first_ms),
         ("for comparison: everything collected and encoded per scrape (generate_latest(registry))",
