@@ -18,7 +18,6 @@ renderer can never make the scrape invalid.
 
 from __future__ import annotations
 
-import importlib
 import threading
 from contextlib import nullcontext
 from typing import Any, Callable, Iterator
@@ -27,24 +26,16 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from fa4doctor.exporters import multiproc
 from fa4doctor.exporters.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
+from fa4doctor.exporters.metrics_env import environment_families
+from fa4doctor.exporters.metrics_smoke import smoke_families
 from fa4doctor.exporters.textfile import Families
 
-# (module, function, state attribute): the renderers engineers of the probe and smoke own.
-RENDERERS = (
-    ("fa4doctor.exporters.metrics_env", "environment_families", "check"),
-    ("fa4doctor.exporters.metrics_smoke", "smoke_families", "smoke"),
-)
+# state attribute -> the renderer of that report (the probe's and the smoke run's metrics)
+RENDERERS = {"check": environment_families, "smoke": smoke_families}
 
 
 OPENMETRICS_EOF = b"# EOF\n"  # ends every OpenMetrics exposition: only the last part keeps it
 MAX_MEDIA_TYPES = 8
-
-
-def _import_renderer(module: str, function: str) -> Callable[[dict], list[Metric]] | None:
-    try:
-        return getattr(importlib.import_module(module), function)
-    except (ImportError, AttributeError):
-        return None
 
 
 class Collector:
@@ -61,9 +52,7 @@ class Collector:
         self._state = state
         self._reader = multiproc.CounterReader(metrics_dir) if metrics_dir else None
         self._metrics_lock = metrics_lock
-        if renderers is None:
-            renderers = {attr: _import_renderer(mod, fn) for mod, fn, attr in RENDERERS}
-        self._renderers = renderers
+        self._renderers = dict(RENDERERS) if renderers is None else renderers
         self._cache: dict[str, tuple[dict, list[Metric], bool]] = {}
         self._cache_lock = threading.Lock()
         self._families_state: DaemonState | None = None

@@ -64,7 +64,6 @@ def test_chosen_is_the_first_backend_without_reasons(spec, env):
     decision = decide(spec, env)
     assert decision.chosen is not None and not decision.reasons_for(decision.chosen)
     rejected = decision.rejected
-    assert all(len(found) >= 1 for found in rejected.values())
     order = [name for name, _ in decision.reasons]
     assert all(name in rejected for name in order[:order.index(decision.chosen)])
 

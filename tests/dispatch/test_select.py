@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from fa4doctor.dispatch.policy import Policy
@@ -10,7 +12,7 @@ from fa4doctor.dispatch.reasons import (BackendName, BackendNotEligible, Fallbac
 from fa4doctor.dispatch.selection import decide, select
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
-from fa4doctor.environment import LedgerEntry
+from fa4doctor.environment import DriverInfo, LedgerEntry, TorchInfo
 
 from .dispatch_envs import make_env, only
 
@@ -104,7 +106,14 @@ def test_a_smoke_failure_on_this_node_refuses_the_backend():
 def test_an_upgrade_changes_the_fingerprint():
     old, new = only(B.FA4, version="4.0.0b35"), only(B.FA4, version="4.0.0b36")
     assert fingerprint(B.FA4, old, old.gpu(0)) != fingerprint(B.FA4, new, new.gpu(0))
-    assert fingerprint(B.FA4, new, new.gpu(0)) == fingerprint(B.FA4, only(B.FA4), only(B.FA4).gpu(0))
+    base = fingerprint(B.FA4, new, new.gpu(0))
+    fa4 = new.backend(B.FA4)
+    changed = [replace(new, driver=DriverInfo(driver_version="590.1")),
+               replace(new, torch=TorchInfo(version="2.12.0", cuda="13.0")),
+               replace(new, backends=tuple(replace(b, dependencies=(("nvidia-cutlass-dsl", "4.9.0"),)) if b is fa4
+                                           else b for b in new.backends))]
+    assert all(fingerprint(B.FA4, env, env.gpu(0)) != base for env in changed)
+    assert fingerprint(B.FA4, replace(new, hostname="elsewhere"), new.gpu(0)) == base  # not what makes it valid
 
 
 def test_sdpa_smoke_failure_is_an_advisory_not_a_refusal():

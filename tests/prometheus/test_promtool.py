@@ -86,6 +86,8 @@ def test_alerting_rules_unit_tests(promtool, tests):
 
 
 def test_rule_files_check(promtool):
-    for rules in (ROOT / "deploy" / "prometheus").glob("*-rules.yaml"):
+    files = sorted((ROOT / "deploy" / "prometheus").glob("*-rules.yaml"))
+    assert files, "no rule files found"
+    for rules in files:
         out = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
         assert out.returncode == 0, out.stdout + out.stderr

@@ -128,7 +128,7 @@ def test_policy_is_reread_when_its_variables_change(monkeypatch):
     q, k, v = _qkv()
     attention(q, k, v)
     monkeypatch.setenv("FA4DOCTOR_BACKEND", "fa4")
-    with pytest.raises(BackendNotEligible, match="not_installed|not_cuda"):
+    with pytest.raises(BackendNotEligible, match=r"FA4DOCTOR_BACKEND=fa4 cannot run this call:\n  fa4: not_installed"):
         attention(q, k, v)
     monkeypatch.setenv("FA4DOCTOR_BACKEND", "fa6")
     with pytest.raises(ValueError, match="FA4DOCTOR_BACKEND: unknown backend 'fa6'"):

@@ -73,13 +73,11 @@ def test_without_a_metrics_dir_the_counter_families_still_exist():
     assert {"fa4doctor_dispatch_calls", "fa4doctor_dispatch_fallbacks"} <= names
 
 
-def test_production_renderers_are_used_when_present():
-    from fa4doctor.exporters import collector
+def test_production_renderers_are_used_by_default():
+    from fa4doctor.exporters.metrics_env import environment_families
+    from fa4doctor.exporters.metrics_smoke import smoke_families
 
-    collector_obj = Collector(DaemonState)
-    present = {attr for mod, fn, attr in collector.RENDERERS
-               if collector._import_renderer(mod, fn) is not None}
-    assert {attr for attr, fn in collector_obj._renderers.items() if fn} == present
+    assert Collector(DaemonState)._renderers == {"check": environment_families, "smoke": smoke_families}
 
 
 def both_formats():

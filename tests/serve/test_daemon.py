@@ -183,7 +183,8 @@ def test_bad_configuration_names_the_setting():
 
 
 def test_the_daemon_modules_never_import_torch():
-    code = ("import sys, fa4doctor.cli.serve, fa4doctor.exporters.collector, fa4doctor.exporters.server;"
+    code = ("import sys, fa4doctor.cli.serve, fa4doctor.exporters.collector, fa4doctor.exporters.server,"
+            " fa4doctor.exporters.metrics_smoke, fa4doctor.exporters.metrics_env;"
             "bad = [m for m in ('torch', 'flash_attn', 'pynvml') if m in sys.modules]; print(bad)")
     import subprocess
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

