@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-OUTCOMES = ("pass", "wrong_result", "refused", "compile_failed", "crash", "timeout", "oom", "skipped")
+from fa4doctor.probe.smoke.report import OUTCOMES
+
 PHASES = ("import", "compile", "run", "total")
 LABELS = ["backend", "gpu", "UUID"]
 

@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fa4doctor.probe.smoke.report import failed
+
 _STYLE = {"pass": "green", "skipped": "dim", "wrong_result": "bold red", "crash": "bold red",
           "timeout": "red", "oom": "yellow", "refused": "yellow", "compile_failed": "red"}
 MAX_ROWS = 40  # above this, only the cases that did not pass are listed
@@ -31,7 +33,7 @@ def case_table(cases: list[dict]) -> Table:
 
 def _failures(console: Console, cases: list[dict]) -> None:
     for case in cases:
-        if case["outcome"] not in ("pass", "skipped"):
+        if failed(case["outcome"]):
             style = _STYLE.get(case["outcome"], "")
             gpu = "" if case.get("gpu") is None else f" on GPU {case['gpu']}"
             console.print(f"[{style}]{case['outcome']}[/] {escape(case['case'])} {case['direction']}{gpu}: "

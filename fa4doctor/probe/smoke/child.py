@@ -26,8 +26,6 @@ from typing import Any, Callable
 
 from fa4doctor.probe.smoke.process import ENV_FAKE, EXIT_FATAL, directions
 
-PRELOAD = {"fa4": "flash_attn.cute", "fa3": "flash_attn_interface", "fa2": "flash_attn"}
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def load_call() -> Callable[..., Any]:
@@ -77,7 +75,9 @@ def make_inputs(spec: dict, device: str, seed: int) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    dtype = getattr(torch, _DTYPES[spec["dtype"]])
+    from fa4doctor.dispatch.inputs import DTYPES
+
+    dtype = next(t for t, name in DTYPES.items() if name.value == spec["dtype"])
     hq, hk, d, dv = spec["num_heads_q"], spec["num_heads_kv"], spec["head_dim_qk"], spec["head_dim_v"]
     sq, sk = spec["seqlen_q"], spec["seqlen_kv"]
     kwargs: dict[str, Any] = {}
@@ -212,11 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     import torch
 
+    from fa4doctor.dispatch.reasons import BackendName
+    from fa4doctor.probe.imports import MODULES
+
     errors = {}
     for name in filter(None, args.preload.split(",")):
         try:
-            if name in PRELOAD:
-                importlib.import_module(PRELOAD[name])
+            importlib.import_module(MODULES[BackendName(name)][0])  # what a caller imports first
         except Exception as exc:  # the case itself reports it as refused, with the message
             errors[name] = f"{type(exc).__name__}: {exc}"[:300]
     call = load_call()

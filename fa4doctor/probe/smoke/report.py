@@ -20,6 +20,11 @@ from fa4doctor.records import to_plain
 SCHEMA = "fa4doctor.smoke"
 SCHEMA_VERSION = 1
 OUTCOMES = ("pass", "wrong_result", "refused", "compile_failed", "crash", "timeout", "oom", "skipped")
+
+
+def failed(outcome: str) -> bool:
+    """Every outcome but a pass or a skip (the backward of a failed forward) is a failure."""
+    return outcome not in ("pass", "skipped")
 TENSORS = ("out", "dq", "dk", "dv")
 
 
@@ -43,7 +48,7 @@ class CaseResult:
 
     @property
     def failed(self) -> bool:
-        return self.outcome not in ("pass", "skipped")
+        return failed(self.outcome)
 
     def to_plain(self) -> dict:
         finite = lambda x: x if isinstance(x, (int, float)) and math.isfinite(x) else None  # noqa: E731

@@ -32,7 +32,7 @@ from fa4doctor.probe import bytecode, cache
 from fa4doctor.probe.smoke import process
 from fa4doctor.probe.smoke.cases import plan_cases
 from fa4doctor.probe.smoke.vetting import ledger_entries, record_report
-from fa4doctor.probe.smoke.report import CaseResult, GpuTarget, Phases, SmokeReport
+from fa4doctor.probe.smoke.report import CaseResult, GpuTarget, Phases, SmokeReport, failed
 from fa4doctor.probe.system import CACHE_DIR, CACHE_ENABLED
 
 DEFAULT_TIMEOUT = 120.0
@@ -224,7 +224,7 @@ def _run_phase(targets, children, specs, collector) -> list[dict]:
             found = [collector.compiled.get((_model(target.gpu), case["name"], d)) for d in directions]
             here = all(f and f["gpu"] == _gpu_key(target.gpu) for f in found)
             # A failure is final on the GPU it happened on; another GPU of the model runs it again.
-            if here and any(f["outcome"] not in ("pass", "skipped") for f in found):
+            if here and any(failed(f["outcome"]) for f in found):
                 for direction, fields in zip(directions, found):  # settled by the compile phase
                     collector.add(target, case, direction, fields)
             else:
