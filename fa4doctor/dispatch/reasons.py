@@ -106,10 +106,6 @@ class Decision:
         return {name: found for name, found in self.reasons if found}
 
     @property
-    def eligible(self) -> tuple[BackendName, ...]:
-        return tuple(name for name, found in self.reasons if not found)
-
-    @property
     def fell_back(self) -> bool:
         return self.chosen is not self.preferred
 

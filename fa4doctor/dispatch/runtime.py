@@ -52,19 +52,7 @@ class Plan:
 
 
 _plans: dict[Any, Plan] = {}
-_policies: dict[tuple, Policy] = {}
 _logged: set[Decision] = set()
-
-
-def _raw_policy() -> tuple:
-    return (_ENV_DATA.get(_ENV_B), _ENV_DATA.get(_ENV_D), _ENV_DATA.get(_ENV_S))  # as attention() reads it
-
-
-def _policy(raw: tuple) -> Policy:
-    policy = _policies.get(raw)
-    if policy is None:
-        policy = _policies[raw] = Policy.from_env()
-    return policy
 
 
 def _tensor_key(t: Any) -> Any:
@@ -102,8 +90,8 @@ def _log_once(decision: Decision, spec: AttentionSpec) -> None:
         log.info("fa4doctor: %s runs on %s", spec.short(), decision.chosen.value)
 
 
-def _new_plan(prepared: inputs.Prepared, raw_policy: tuple) -> Plan:
-    spec, policy = prepared.spec, _policy(raw_policy)
+def _new_plan(prepared: inputs.Prepared) -> Plan:
+    spec, policy = prepared.spec, Policy.from_env()  # the same variables the plan's key holds
     env = local_env.environment(need_gpus=spec.on_cuda)
     for _ in BackendName:  # each round can only rule out one more backend
         decision = select(spec, env, policy, prepared.gpu or 0)
@@ -182,7 +170,7 @@ def _first_call(key, q, k, v, attn_mask_type, window_size, softmax_scale, dropou
                               alibi_slopes=alibi_slopes, learnable_sink=learnable_sink,
                               deterministic=deterministic, qkv_format=qkv_format, cu_seqlens_q=cu_seqlens_q,
                               cu_seqlens_kv=cu_seqlens_kv, max_seqlen_q=max_seqlen_q, max_seqlen_kv=max_seqlen_kv)
-    plan = _new_plan(prepared, _raw_policy())
+    plan = _new_plan(prepared)
     if key is not None:
         if len(_plans) >= _MAX_PLANS:
             _plans.clear()
@@ -207,8 +195,7 @@ def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:
 
 
 def reset() -> None:
-    """Forget plans, logged decisions, the cached policy and environment (tests; after installs)."""
+    """Forget plans, logged decisions and the environment (tests; after installs)."""
     _plans.clear()
-    _policies.clear()
     _logged.clear()
     local_env.reset()

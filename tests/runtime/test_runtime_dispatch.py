@@ -161,7 +161,7 @@ def test_an_import_failure_at_first_use_falls_back_and_is_remembered(fakes, monk
     prepared = prepare(q, k, v)
     prepared = type(prepared)(type(prepared.spec).from_dict({**prepared.spec.to_dict(), "device": "cuda"}),
                               prepared.scale, 0, None)
-    plan = runtime._new_plan(prepared, runtime._raw_policy())
+    plan = runtime._new_plan(prepared)
     assert plan.decision.chosen.value == "sdpa"
     fa4 = dict(plan.decision.reasons)[local_env.BackendName.FA4]
     assert fa4[0].code.value == "import_failed" and "flash_attn.cute" in fa4[0].detail
@@ -175,7 +175,7 @@ def test_fa4_chosen_on_a_gpu_environment_runs_the_fa4_adapter(fakes, monkeypatch
     q, k, v = _qkv(sq=4, sk=8, dtype=torch.bfloat16)
     prepared = prepare(q, k, v, attn_mask_type="causal_bottom_right")
     spec = type(prepared.spec).from_dict({**prepared.spec.to_dict(), "device": "cuda"})
-    plan = runtime._new_plan(type(prepared)(spec, prepared.scale, 0, None), runtime._raw_policy())
+    plan = runtime._new_plan(type(prepared)(spec, prepared.scale, 0, None))
     assert plan.decision.chosen.value == "fa4" and not plan.decision.fell_back
     out = plan.run(q, k, v)
     assert fakes[-1]["backend"] == "fa4" and fakes[-1]["kwargs"]["causal"] is True

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 
 from fa4doctor.dispatch.adapters import fa_window, load_module, minus_one_window, unwrap
+from fa4doctor.dispatch.backends.fa2 import FA2
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 
@@ -34,7 +35,7 @@ def _static(spec: AttentionSpec, scale: float) -> dict:
 def bind(spec: AttentionSpec, scale: float):
     module = load_module(BackendName.FA2, MODULE)
     static = _static(spec, scale)
-    width = -(-max(spec.head_dim_qk, spec.head_dim_v) // 8) * 8
+    width = FA2.padded_head_dim(spec)
     pad_qk, pad_v = width - spec.head_dim_qk, width - spec.head_dim_v
     dense, varlen_func = module.flash_attn_func, module.flash_attn_varlen_func
 

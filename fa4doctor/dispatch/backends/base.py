@@ -2,7 +2,7 @@
 
 A backend is a class that is never instantiated: its capabilities are class attributes, and
 `not_supported_reasons(spec, env, gpu)` returns every reason it cannot run a call. Subclasses
-append their special cases in `special_reasons`; `supports` is derived from the reasons.
+append their special cases in `special_reasons`.
 """
 
 from __future__ import annotations
@@ -85,10 +85,6 @@ class Backend:
             if cls.LEDGER_BLOCKS:
                 reasons += ledger_failures(cls.NAME, spec, env, facts)
         return reasons
-
-    @classmethod
-    def supports(cls, spec: AttentionSpec, env: Environment, gpu: int = 0) -> bool:
-        return not cls.not_supported_reasons(spec, env, gpu)
 
     @classmethod
     def advisories(cls, spec: AttentionSpec, env: Environment, gpu: int = 0) -> list[Reason]:

@@ -37,14 +37,18 @@ class FA2(Backend):
     }
 
     @classmethod
+    def padded_head_dim(cls, spec: AttentionSpec) -> int:
+        """The head dim the kernel sees: FA2 needs v's equal to q's, so the adapter zero-pads the
+        smaller to the larger, rounded up to a multiple of 8 (TE utils.py:903-946)."""
+        return -(-max(spec.head_dim_qk, spec.head_dim_v) // 8) * 8
+
+    @classmethod
     def special_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
         reasons = []
         if gpu.compute_capability[0] >= 10 and not cls.has_version(env, cls.BLACKWELL_MIN_VERSION):
             reasons.append(Reason(R.VERSION_TOO_OLD, f"{cc_text(gpu)} needs flash-attn >= "
                                   f"{cls.BLACKWELL_MIN_VERSION}, found {cls.version(env)}"))
-        # FA2 needs v's head dim equal to q's; the adapter zero-pads the smaller one, so the
-        # padded size is what the kernel sees (TE utils.py:903-946).
-        padded = -(-max(spec.head_dim_qk, spec.head_dim_v) // 8) * 8
+        padded = cls.padded_head_dim(spec)
         if padded > 256:
             reasons.append(Reason(R.HEAD_DIM_UNSUPPORTED, f"head dim {padded} (padded) is above FA2's 256"))
         elif padded > 192 and gpu.compute_capability not in cls.LARGE_HEAD_DIM_CCS:
