@@ -38,14 +38,14 @@ def usage_errors() -> tuple[type[BaseException], ...]:
     return (SpecError, PolicyError, SnapshotError, RecordError)
 
 
-def load_env_option(path, flag: str = "--env"):
+def load_env_option(path):
     """The `Environment` snapshot a `--env FILE` option names; an unreadable one is a usage error."""
     from fa4doctor.environment import SnapshotError, load_environment
 
     try:
         return load_environment(path)
     except SnapshotError as exc:
-        raise click.BadParameter(str(exc), param_hint=flag) from None
+        raise click.BadParameter(str(exc), param_hint="--env") from None
 
 
 def handle_errors(function: F) -> F:

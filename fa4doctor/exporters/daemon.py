@@ -303,10 +303,6 @@ class Daemon:
         for proc in list(self._children):
             _kill_group(proc)
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     def _shutdown_nvml(self) -> None:
         if self._nvml is not None:
             try:

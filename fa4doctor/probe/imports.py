@@ -34,7 +34,7 @@ MODULES: dict[BackendName, tuple[str, ...]] = {
     BackendName.FA2: ("flash_attn", "flash_attn_2_cuda"),
     BackendName.SDPA: ("torch",),
 }
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: ImportResult lost its unused `seconds`
 DEFAULT_TIMEOUT = 60.0
 
 # Runs in the child: import the modules named on the command line, print one JSON line.
@@ -64,7 +64,6 @@ _DRIVER_TOO_OLD = ("driver version is insufficient", "driver on your system is t
 class ImportResult:
     status: ImportStatus
     error: str | None = None
-    seconds: float = 0.0
     torch_cxx11_abi: bool | None = None
 
 
@@ -135,8 +134,7 @@ def run_imports(backends: tuple[BackendName, ...], *, modules: Mapping[BackendNa
             timed_out = True
         result = _last_json(stdout or "")
         status, error = classify(result, child.returncode, timed_out, stderr or "", timeout, modules[backend])
-        results[backend] = ImportResult(status, error, round(time.monotonic() - started, 3),
-                                        (result or {}).get("torch_cxx11_abi"))
+        results[backend] = ImportResult(status, error, (result or {}).get("torch_cxx11_abi"))
     return results
 
 

@@ -56,7 +56,6 @@ class FakeNvml:
 
     def __init__(self, data: dict[str, Any]):
         self.data = data
-        self.calls: list[str] = []
 
     @classmethod
     def from_file(cls, path: str | Path) -> FakeNvml:
@@ -71,7 +70,6 @@ class FakeNvml:
         pass
 
     def call(self, name: str, *args: Any) -> Any:
-        self.calls.append(name)
         devices = self.data.get("devices", [])
         if name == "nvmlDeviceGetCount":
             return len(devices)

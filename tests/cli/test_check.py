@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from probe_fakes import write_dist
+from probe_fakes import fa4, fa4_deps
 
 from fa4doctor.cli import cli
 from fa4doctor.environment import Environment, LedgerEntry, load_environment
@@ -23,11 +23,8 @@ REPO = Path(__file__).parent.parent.parent
 def fa4_site(tmp_path) -> Path:
     """An FA4 b36 install in a --target style directory, found through PYTHONPATH as on the GPU node."""
     site = tmp_path / "target"
-    write_dist(site, "flash-attn-4", "4.0.0b36", {"flash_attn/cute/__init__.py": "", "flash_attn/cute/interface.py": ""},
-               ("nvidia-cutlass-dsl>=4.6.2", "quack-kernels>=0.5.3", "apache-tvm-ffi<0.2,>=0.1.11", "torch-c-dlpack-ext"))
-    for name, version in (("nvidia-cutlass-dsl", "4.8.1"), ("quack-kernels", "0.6.5"),
-                          ("apache-tvm-ffi", "0.1.15"), ("torch-c-dlpack-ext", "0.1.5")):
-        write_dist(site, name, version)
+    fa4(site)
+    fa4_deps(site)
     return site
 
 

@@ -61,7 +61,6 @@ class ChildSpec:
     preload: tuple[str, ...] = ()
     timeout: float = 60.0
     import_timeout: float = 180.0
-    python: str = sys.executable
     fleet: Fleet = field(default_factory=Fleet)  # shared by the children of one smoke run
 
 
@@ -76,7 +75,7 @@ class Child:
 
 def spawn(spec: ChildSpec) -> Child:
     stderr = tempfile.TemporaryFile()
-    args = [spec.python, "-m", "fa4doctor.probe.smoke.child", "--device", spec.device,
+    args = [sys.executable, "-m", "fa4doctor.probe.smoke.child", "--device", spec.device,
             "--preload", ",".join(spec.preload)]
     # A new session: a timeout kills the whole group (compiler subprocesses included).
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
