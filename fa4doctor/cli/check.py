@@ -97,8 +97,9 @@ def _start_gpu_probe(nvml_replay: Path | None):
 
 
 def _run_smoke(env, level: str, ledger: Path | None, quiet: bool):
-    from fa4doctor.probe.smoke import run_smoke  # imports torch: only when asked for
+    from fa4doctor.cli.smoke import progress_printer
+    from fa4doctor.probe.smoke import run_smoke  # its children import torch; this process never does
 
-    progress = None if quiet else (lambda text: click.echo(str(text), err=True))
+    progress = progress_printer(lines=True)[0] if not quiet else None  # a line per failure, and every 10 s
     result = run_smoke(env, level=level, progress=progress, ledger_path=ledger)
     return env.with_ledger(env.ledger + tuple(result.ledger_entries)), result.to_plain()

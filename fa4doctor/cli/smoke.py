@@ -26,7 +26,7 @@ $XDG_STATE_HOME/fa4doctor/ledger.json) unless --no-record.
 """
 
 
-def _progress(lines: bool):
+def progress_printer(lines: bool):
     """A bar on a terminal; with --json or elsewhere (logs, the daemon) a line on stderr per
     failure and one every 10 s."""
     if lines or not sys.stderr.isatty():
@@ -90,7 +90,7 @@ def smoke(level, backends, gpus, spec_file, head_dims, timeout, jobs, as_json, l
     extra = [spec for _, spec in load_specs(spec_file)] if spec_file else []
     dims = parse_head_dims(head_dims) if head_dims else ()
     env = _environment(env_file, ledger)
-    progress, bar = _progress(as_json)
+    progress, bar = progress_printer(as_json)
     with bar or contextlib.nullcontext():
         report = run_smoke(env, level=level, backends=[BackendName(b.lower()) for b in backends] or None,
                            gpus=list(gpus) or None, extra_specs=extra, head_dims=dims, timeout=timeout,

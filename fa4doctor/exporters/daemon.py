@@ -207,9 +207,14 @@ class Daemon:
                 _kill_group(proc)
 
         try:
-            return run_child(argv, timeout=timeout, schema=schema, env=env, started=track)
+            result = run_child(argv, timeout=timeout, schema=schema, env=env, started=track)
         finally:
             self._children = {p for p in self._children if p.poll() is None}
+        if result.outcome != "ok":  # the counters say how often; the log says what happened
+            code = "" if result.exit_code is None else f" (exit status {result.exit_code})"
+            print(f"fa4doctor serve: {schema.split('.')[-1]} cycle {result.outcome}{code}: {result.detail}",
+                  file=sys.stderr, flush=True)
+        return result
 
     # -- cycles --------------------------------------------------------------------------------
     def probe_once(self) -> ChildResult:

@@ -126,7 +126,7 @@ def visibility_findings(gpus: tuple[GpuFacts, ...], environ: Mapping[str, str]) 
     if sum(e.startswith("MIG-") for e in entries) > 1:
         found.append(Finding("multiple_mig_visible", WARNING, "CUDA_VISIBLE_DEVICES lists several MIG instances; "
                              "a CUDA process can use only one of them", "give each process one MIG UUID"))
-    if gpus and entries is not None and environ.get("CUDA_VISIBLE_DEVICES") is not None and \
+    if gpus and environ.get("CUDA_VISIBLE_DEVICES") is not None and \
             not any(g.cuda_index is not None for g in gpus):
         found.append(Finding("no_visible_gpu", ERROR, f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r} "
                              "matches none of this node's GPUs", "fix CUDA_VISIBLE_DEVICES (nvidia-smi -L lists UUIDs)"))
@@ -166,8 +166,7 @@ def package_findings(facts: PackageFacts) -> list[Finding]:
 def cute_findings(facts: PackageFacts) -> list[Finding]:
     """Ownership of flash_attn/cute from RECORD files (backend-rules.md §2.1, K1; SkyRL PR #2132)."""
     fix, found = _reinstall_fa4(facts), []
-    stale = sorted({o for f in facts.cute_files for o in f.owners if o == "flash-attn"})
-    if stale:
+    if any("flash-attn" in f.owners for f in facts.cute_files):
         version = next((p.version for p in facts.packages if p.name == "flash-attn"), "?")
         found.append(Finding("stale_cute_copy", ERROR, f"flash-attn {version} (FA2) ships its own stale "
                              "flash_attn/cute copy; it shadows or overwrites FA4's files",

@@ -53,12 +53,14 @@ def test_exit_3_is_a_report_of_problems_not_a_failure(tmp_path):
     ("print('not json')", "bad_output"),
     ("import json; print(json.dumps({'schema': 'something.else'}))", "bad_output"),
 ])
-def test_a_broken_probe_child_is_a_failure_and_the_last_report_stays(tmp_path, body, outcome):
+def test_a_broken_probe_child_is_a_failure_and_the_last_report_stays(tmp_path, body, outcome, capsys):
     daemon = make(tmp_path)
     daemon.probe_once()
     good = daemon.state.check
     daemon.config = ServeConfig(probe_command=script(tmp_path, "bad", body))
-    assert daemon.probe_once().outcome == outcome
+    result = daemon.probe_once()
+    assert result.outcome == outcome
+    assert f"fa4doctor serve: check cycle {outcome}" in capsys.readouterr().err  # the log says what happened
     assert daemon.state.check is good and not daemon.state.probe_up and daemon.state.ready
     assert sample(daemon, "fa4doctor_probe_up") == 0
     assert sample(daemon, "fa4doctor_probe_failures_total", {"outcome": outcome}) == 1
