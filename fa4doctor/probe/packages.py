@@ -177,7 +177,8 @@ def fa4_requirements(dists: dict[str, Installed], cache_dir: Path | None = None)
 
     With `cache_dir`, the answer is kept under a key of everything it depends on (the lines, the
     installed versions, the interpreter and platform that markers read): parsing needs
-    `packaging.requirements`, whose import alone takes 20 ms, and the answer rarely changes.
+    `packaging.requirements`, whose import alone took 38 ms on the development VM
+    (docs/validation/cpu-vm/check-outputs.txt), and the answer rarely changes.
     """
     provider = next((dists[n] for n in PROVIDERS[BackendName.FA4] if n in dists), None)
     if provider is None:
