@@ -21,8 +21,11 @@ import enum
 import functools
 import hashlib
 import json
+import os
+import tempfile
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 
@@ -42,6 +45,26 @@ def digest(facts: object, length: int = 24) -> str:
     True
     """
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def write_json_file(path: Path, body: Any, *, indent: int | None = None, durable: bool = False) -> None:
+    """Write `body` as JSON to `path` atomically: a temporary file beside it, then a rename, so a
+    reader never sees half a file (`durable`: on disk before the rename). A failure leaves no
+    temporary file behind."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(body, handle, indent=indent)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def to_plain(value: Any) -> Any:

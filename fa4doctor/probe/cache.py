@@ -13,19 +13,22 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fa4doctor.records import digest
+from fa4doctor.records import digest, write_json_file
+
+
+def xdg_dir(environ: Mapping[str, str], variable: str, *default: str) -> Path:
+    """fa4doctor's folder under an XDG base directory: `$variable`, else `$HOME/<default...>`."""
+    home = environ.get("HOME") or os.path.expanduser("~")
+    return Path(environ.get(variable) or os.path.join(home, *default)) / "fa4doctor"
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     """`$XDG_CACHE_HOME/fa4doctor`, else `$HOME/.cache/fa4doctor`, read from `environ`."""
-    environ = os.environ if environ is None else environ
-    home = environ.get("HOME") or os.path.expanduser("~")
-    return Path(environ.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")) / "fa4doctor"
+    return xdg_dir(os.environ if environ is None else environ, "XDG_CACHE_HOME", ".cache")
 
 
 def read_json(cache_dir: Path, kind: str, key: str) -> Any | None:
@@ -39,10 +42,7 @@ def read_json(cache_dir: Path, kind: str, key: str) -> Any | None:
 def write_json(cache_dir: Path, kind: str, key: str, value: Any, keep: int = 8) -> None:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f"{kind}.", suffix=".tmp", dir=cache_dir)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"key": key, "value": value}, handle)
-        os.replace(tmp, cache_dir / f"{kind}-{key}.json")
+        write_json_file(cache_dir / f"{kind}-{key}.json", {"key": key, "value": value})
         files = sorted(cache_dir.glob(f"{kind}-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
         for stale in files[keep:]:
             stale.unlink(missing_ok=True)

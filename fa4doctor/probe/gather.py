@@ -81,7 +81,7 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
             torch = replace(torch, cxx11_abi=abi.torch_cxx11_abi)
     lap("imports")
     jit = read_jit_cache(environ)
-    ledger = read_ledger(ledger_path if ledger_path is not None else default_ledger_path(dict(environ)))
+    ledger = read_ledger(ledger_path if ledger_path is not None else default_ledger_path(environ))
     findings = _findings(facts, backends, torch, driver, gpus, environ, jit, import_modules)
     installed = [b.backend.value for b in backends if b.import_status is not ImportStatus.NOT_INSTALLED]
     findings += problems.bytecode_findings(missing_bytecode(installed, path), environ)

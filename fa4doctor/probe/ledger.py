@@ -18,24 +18,25 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from fa4doctor.environment import LedgerEntry
-from fa4doctor.records import RecordError, from_plain, to_plain
+from fa4doctor.probe.cache import xdg_dir
+from fa4doctor.records import RecordError, from_plain, to_plain, write_json_file
 
 SCHEMA = "fa4doctor.ledger"
 SCHEMA_VERSION = 1
 ENV_LEDGER = "FA4DOCTOR_LEDGER"
 
 
-def default_ledger_path(environ: dict[str, str] | None = None) -> Path:
+def default_ledger_path(environ: Mapping[str, str] | None = None) -> Path:
+    """`$FA4DOCTOR_LEDGER`, else `$XDG_STATE_HOME/fa4doctor/ledger.json` (`~/.local/state/...`)."""
     environ = os.environ if environ is None else environ
     if environ.get(ENV_LEDGER):
         return Path(environ[ENV_LEDGER])
-    state = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(state) / "fa4doctor" / "ledger.json"
+    return xdg_dir(environ, "XDG_STATE_HOME", ".local", "state") / "ledger.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +89,4 @@ def record(entries: tuple[LedgerEntry, ...] | list[LedgerEntry], path: str | Pat
 
 def _write_atomically(path: Path, entries: tuple[LedgerEntry, ...]) -> None:
     body = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "entries": to_plain(entries)}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(body, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_json_file(path, body, indent=1, durable=True)
