@@ -22,6 +22,7 @@ for _name, _dtype in (("float8_e4m3fn", Dtype.FP8_E4M3), ("float8_e5m2", Dtype.F
     if hasattr(torch, _name):
         DTYPES[getattr(torch, _name)] = _dtype
 FORMATS = (QkvFormat.BSHD.value, QkvFormat.THD.value)
+_MASKS = frozenset(m.value for m in MaskType)  # read_varlen runs per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +216,7 @@ def prepare(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_scal
 def read_varlen(q, k, qkv_format, attn_mask_type, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q,
                 max_seqlen_kv) -> Varlen | None:
     """The per-call part of `prepare` for variable-length batches (the runtime's hot path)."""
-    if qkv_format not in FORMATS or attn_mask_type not in tuple(MaskType):
+    if qkv_format not in FORMATS or attn_mask_type not in _MASKS:
         return None  # `prepare` names the bad argument
     fmt, mask = QkvFormat(qkv_format), MaskType(attn_mask_type)
     return _varlen(q, k, fmt, mask, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q, max_seqlen_kv)
