@@ -34,6 +34,8 @@ class FA2(Backend):
         "paged_kv": "2.5",  # block_table; page size % 256 (flash_api.cpp:583)
         "softcap": "2.6",
         "context_parallel": "",  # TE's CP exclusions checked below
+        # No learnable_sink: FA2 has no sink argument; TE refuses every FA for a non-vanilla
+        # softmax (TE utils.py:1113-1124, backend-rules.md §1 row 11).
     }
 
     @classmethod

@@ -28,6 +28,8 @@ class FA3(Backend):
         "paged_kv": "",
         "context_parallel": "",  # TE's CP exclusions checked below
         # No dropout_p and no alibi_slopes in FA3's Python signatures (PR #2223 "missing dropout").
+        # No learnable_sink either: TE refuses every FA for a non-vanilla softmax (TE
+        # utils.py:1113-1124, backend-rules.md §1 row 11).
     }
 
     @classmethod
