@@ -50,9 +50,9 @@ def summary_table(smoke: dict) -> Table:
     for (backend, gpu), group in groups.items():
         passed = sum(c["outcome"] == "pass" for c in group)
         skipped = sum(c["outcome"] == "skipped" for c in group)
-        failed = len(group) - passed - skipped
+        bad = len(group) - passed - skipped
         table.add_row(backend, "" if gpu is None else str(gpu), str(len(group)), str(passed),
-                      f"[{'bold red' if failed else 'green'}]{failed}[/]", str(skipped))
+                      f"[{'bold red' if bad else 'green'}]{bad}[/]", str(skipped))
     return table
 
 
