@@ -45,6 +45,10 @@ class ImportStatus(StrEnum):
     ERROR = "error"
 
 
+# An import that worked, or that nobody tried: no reason to refuse the backend.
+USABLE_IMPORTS = frozenset({ImportStatus.OK, ImportStatus.NOT_CHECKED})
+
+
 @dataclass(frozen=True, slots=True)
 class MigDevice:
     uuid: str | None = None

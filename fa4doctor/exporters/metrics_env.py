@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
-from fa4doctor.environment import cuda_version_text
+from fa4doctor.environment import USABLE_IMPORTS, cuda_version_text
 
 GPU_LABELS = ["gpu", "UUID"]
 # NVML clock event reason bits (ecosystem-anchors.md §1.8) as bounded label values.
@@ -27,7 +27,6 @@ CLOCK_EVENT_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4:
                        0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
                        0x100: "display_clock_setting"}
 SEVERITIES = ("error", "warning", "info")
-AVAILABLE_STATUSES = ("ok", "not_checked")
 
 
 def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
@@ -53,7 +52,7 @@ def _backend_families(env: dict) -> Iterator[Metric]:
                             "installed backend.", labels=["backend"])
     for install in env.get("backends", []):
         installed = install.get("version") is not None and install.get("import_status") != "not_installed"
-        ok = installed and install.get("import_status") in AVAILABLE_STATUSES
+        ok = installed and install.get("import_status") in USABLE_IMPORTS  # StrEnum: equal to its value
         available.add_metric([install["backend"]], 1.0 if ok else 0.0)
         if installed:
             info.add_metric([install["backend"]], {"distribution": install.get("distribution") or "",

@@ -14,7 +14,7 @@ from fa4doctor.dispatch.semantics import fa_mask
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
 from fa4doctor.dispatch.versions import at_least, below, parse
 from fa4doctor.dispatch.vetting import ledger_failures
-from fa4doctor.environment import Environment, GpuFacts, ImportStatus
+from fa4doctor.environment import USABLE_IMPORTS, Environment, GpuFacts
 
 R = ReasonCode
 
@@ -120,7 +120,7 @@ class Backend:
             names = " or ".join(cls.DISTRIBUTIONS)
             return [Reason(R.NOT_INSTALLED, f"no {names} distribution is installed")]
         reasons = cls.version_reasons(install.distribution or cls.DISTRIBUTIONS[0], install.version)
-        if install.import_status not in (ImportStatus.OK, ImportStatus.NOT_CHECKED):
+        if install.import_status not in USABLE_IMPORTS:
             message = (install.import_error or "").strip().splitlines()
             reasons.append(Reason(R.IMPORT_FAILED, f"import failed ({install.import_status.value})"
                                   + (f": {message[-1]}" if message else "")))
