@@ -217,8 +217,12 @@ class Environment:
     def with_ledger(self, entries: tuple[LedgerEntry, ...]) -> Environment:
         return replace(self, ledger=tuple(entries))
 
+    def to_plain(self) -> dict:
+        """The snapshot as JSON-ready data, with its schema."""
+        return {"schema": SCHEMA, **to_plain(self)}
+
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps({"schema": SCHEMA, **to_plain(self)}, indent=indent)
+        return json.dumps(self.to_plain(), indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> Environment:

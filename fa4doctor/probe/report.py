@@ -11,7 +11,6 @@ is the `fa4doctor.check` contract (schema_version 1) that the daemon and `explai
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 
@@ -100,7 +99,7 @@ def build_report(env: Environment, specs: Sequence[tuple[str, AttentionSpec]] = 
     problems = [{"code": f.code, "severity": f.severity, "message": f.message, "fix": f.fix} for f in env.findings]
     problems += verdict_problems(found, expect)
     healthy = not any(p["severity"] == "error" for p in problems)
-    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "environment": json.loads(env.to_json(None)),
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "environment": env.to_plain(),
             "expect": expect.value, "verdicts": found, "problems": problems, "healthy": healthy,
             "exit_code": EXIT_OK if healthy else EXIT_PROBLEMS, "timings": dict(timings or {"total_seconds": 0.0}),
             "smoke": smoke}
