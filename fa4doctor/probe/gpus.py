@@ -46,31 +46,43 @@ _SIMPLE: tuple[tuple[str, str, tuple[Any, ...], Any], ...] = (
 
 def probe_gpus(nvml: NvmlSource) -> tuple[DriverInfo, tuple[GpuFacts, ...]]:
     """Driver facts and one `GpuFacts` per NVML device; NVML failures become data."""
+    failed = _init(nvml)
+    if failed is not None:
+        return failed, ()
     try:
-        nvml.init()
-    except NvmlFailure as exc:
-        return DriverInfo(nvml_status=INIT_STATUS.get(exc.code, "error"), nvml_error=str(exc)), ()
-    try:
-        driver = _driver(nvml)
-        try:
-            count = int(nvml.call("nvmlDeviceGetCount"))
-        except NvmlFailure as exc:
-            return replace(driver, nvml_status="error", nvml_error=str(exc)), ()
-        return driver, tuple(_gpu(nvml, index) for index in range(count))
+        return _read(nvml)
     finally:
         nvml.shutdown()
 
 
 def read_driver(nvml: NvmlSource) -> DriverInfo:
     """The driver facts alone (the runtime's fingerprint needs its version); failures become data."""
-    try:
-        nvml.init()
-    except NvmlFailure as exc:
-        return DriverInfo(nvml_status=INIT_STATUS.get(exc.code, "error"), nvml_error=str(exc))
+    failed = _init(nvml)
+    if failed is not None:
+        return failed
     try:
         return _driver(nvml)
     finally:
         nvml.shutdown()
+
+
+def _init(nvml: NvmlSource) -> DriverInfo | None:
+    """None once NVML is up, else the failure as driver facts."""
+    try:
+        nvml.init()
+    except NvmlFailure as exc:
+        return DriverInfo(nvml_status=INIT_STATUS.get(exc.code, "error"), nvml_error=str(exc))
+    return None
+
+
+def _read(nvml: NvmlSource) -> tuple[DriverInfo, tuple[GpuFacts, ...]]:
+    """Everything, from an initialised NVML."""
+    driver = _driver(nvml)
+    try:
+        count = int(nvml.call("nvmlDeviceGetCount"))
+    except NvmlFailure as exc:
+        return replace(driver, nvml_status="error", nvml_error=str(exc)), ()
+    return driver, tuple(_gpu(nvml, index) for index in range(count))
 
 
 class GpuProbe:
@@ -91,15 +103,17 @@ class GpuProbe:
         threading.Thread(target=self._run, args=(nvml,), name="fa4doctor-nvml", daemon=True).start()
 
     def _run(self, nvml: NvmlSource) -> None:
-        started, source = time.perf_counter(), _ShutdownLater(nvml)
+        started, opened = time.perf_counter(), False
         try:
-            self._value = probe_gpus(source)
+            failed = _init(nvml)
+            opened = failed is None
+            self._value = _read(nvml) if opened else (failed, ())
         except BaseException as exc:  # noqa: BLE001  handed to the caller by result()
             self._error = exc
         finally:
             self.seconds = time.perf_counter() - started
             self._ready.set()
-        if source.opened:
+        if opened:
             try:
                 nvml.shutdown()
             except Exception:  # noqa: BLE001  the facts are delivered; a failed shutdown changes none
@@ -112,23 +126,6 @@ class GpuProbe:
             raise self._error
         assert self._value is not None
         return self._value
-
-
-class _ShutdownLater:
-    """An NVML source whose `shutdown` is left to `GpuProbe`, after the result is handed over."""
-
-    def __init__(self, nvml: NvmlSource):
-        self.nvml, self.opened = nvml, False
-
-    def init(self) -> None:
-        self.nvml.init()
-        self.opened = True
-
-    def shutdown(self) -> None:
-        pass
-
-    def call(self, name: str, *args: Any) -> Any:
-        return self.nvml.call(name, *args)
 
 
 def _driver(nvml: NvmlSource) -> DriverInfo:
