@@ -178,12 +178,7 @@ def run_case(case: dict, call, device: str, repeat: int, emit: Emitter) -> bool:
     out_shape = (*inputs["q"].shape[:-1], spec["head_dim_v"])
     inputs["grad_out"] = torch.randn(out_shape, generator=inputs["gen"]).to(inputs["dtype"]).to(device)
     refs = references(spec, inputs, inputs["grad_out"], spec["training"])
-    failed = None
     for direction in directions(case):
-        if failed:
-            emit("result", id=case["id"], direction=direction, outcome="skipped",
-                 detail=f"forward failed ({failed})")
-            continue
         emit("start", id=case["id"], direction=direction)
         try:
             result = run_direction(direction, call, case, inputs, refs, device, repeat)
@@ -194,11 +189,10 @@ def run_case(case: dict, call, device: str, repeat: int, emit: Emitter) -> bool:
                 return False
             if outcome == "oom" and device.startswith("cuda"):
                 torch.cuda.empty_cache()
-            failed = outcome
-            continue
+            return True  # the parent records the backward as skipped (process._with_skips)
         emit("result", id=case["id"], direction=direction, **result)
-        if direction == "fwd" and result["outcome"] != "pass":
-            failed = result["outcome"]
+        if result["outcome"] != "pass":
+            return True
     return True
 
 

@@ -224,7 +224,8 @@ def _with_skips(record: Callable[[Key, dict], None], cases: list[dict], done: se
     def recorder(key: Key, result: dict) -> None:
         record(key, result)
         case_id, direction = key
-        if direction == "fwd" and result["outcome"] in ("crash", "timeout") and case_id in training:
+        # the one place a failed forward settles its backward: a child stops the case there, or died
+        if direction == "fwd" and result["outcome"] != "pass" and case_id in training:
             done.add((case_id, "bwd"))
             record((case_id, "bwd"), {"outcome": "skipped", "detail": f"forward failed ({result['outcome']})"})
 
