@@ -26,7 +26,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from fa4doctor.exporters import multiproc
 from fa4doctor.exporters.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
-from fa4doctor.exporters.metrics_env import environment_families
+from fa4doctor.exporters.metrics_env import GPU_LABELS, environment_families, gpu_labels
 from fa4doctor.exporters.metrics_smoke import smoke_families
 from fa4doctor.exporters.textfile import Families
 
@@ -178,10 +178,10 @@ def health_families(state: DaemonState, rendered: dict[str, bool] | None = None)
     out += [_gauge(name, doc, value) for name, doc, value in optional if value is not None]
     processes = GaugeMetricFamily("fa4doctor_gpu_compute_processes",
                                   "Compute processes NVML lists on the GPU (smoke kernels run only at 0).",
-                                  labels=["gpu", "UUID"])
+                                  labels=GPU_LABELS)
     for gpu in state.gpus:
         if gpu.compute_processes is not None:
-            processes.add_metric([str(gpu.nvml_index), gpu.uuid or ""], gpu.compute_processes)
+            processes.add_metric(gpu_labels(gpu.nvml_index, gpu.uuid), gpu.compute_processes)
     out.append(processes)
     if rendered is not None:
         ok = GaugeMetricFamily("fa4doctor_serve_report_rendered",

@@ -33,9 +33,13 @@ def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, labels=labels)
 
 
+def gpu_labels(nvml_index: int | None, uuid: str | None) -> list[str]:
+    """The values of `GPU_LABELS`: NVML's index (what dashboards join on) and the UUID, "" if unknown."""
+    return ["" if nvml_index is None else str(nvml_index), uuid or ""]
+
+
 def _gpu_key(gpu: dict[str, Any]) -> list[str]:
-    index = gpu.get("nvml_index")
-    return ["" if index is None else str(index), gpu.get("uuid") or ""]
+    return gpu_labels(gpu.get("nvml_index"), gpu.get("uuid"))
 
 
 def environment_families(check: dict) -> list[Metric]:
@@ -68,7 +72,7 @@ def _eligibility_families(check: dict, env: dict) -> Iterator[Metric]:
                     "spec on this GPU, 0 for the others.", GPU_LABELS + ["spec", "backend"])
     for verdict in check.get("verdicts", []):
         index = nvml_index.get(verdict.get("gpu_uuid")) if verdict.get("gpu_uuid") else None
-        key = ["" if index is None else str(index), verdict.get("gpu_uuid") or "", verdict["spec_name"]]
+        key = gpu_labels(index, verdict.get("gpu_uuid")) + [verdict["spec_name"]]
         for backend in verdict["backends"]:
             eligible.add_metric(key + [backend["backend"]], 1.0 if backend["eligible"] else 0.0)
             chosen.add_metric(key + [backend["backend"]], 1.0 if verdict["chosen"] == backend["backend"] else 0.0)

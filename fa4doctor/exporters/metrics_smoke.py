@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from fa4doctor.exporters.metrics_env import GPU_LABELS, gpu_labels
 from fa4doctor.probe.smoke.report import OUTCOMES
 
 PHASES = ("import", "compile", "run", "total")
-LABELS = ["backend", "gpu", "UUID"]
+LABELS = ["backend", *GPU_LABELS]
 
 
 def _nvml_index(smoke: dict) -> dict:
@@ -33,7 +34,7 @@ def _groups(smoke: dict) -> dict[tuple[str, str, str], list[dict]]:
     for case in smoke.get("cases") or ():
         uuid = case.get("gpu_uuid")
         index = nvml.get(uuid, case.get("gpu"))
-        key = (str(case.get("backend")), "" if index is None else str(index), uuid or "")
+        key = (str(case.get("backend")), *gpu_labels(index, uuid))
         groups.setdefault(key, []).append(case)
     return groups
 
