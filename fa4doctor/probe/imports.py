@@ -56,6 +56,8 @@ if torch is not None:
 sys.stdout.write("\n" + json.dumps(out) + "\n")
 """
 
+# How an import says the driver is older than the CUDA it was built for (ecosystem-anchors.md
+# §5.1 #4; sglang#11395).
 _DRIVER_TOO_OLD = ("driver version is insufficient", "driver on your system is too old",
                    "cuda_error_insufficient_driver", "found version")
 

@@ -63,6 +63,8 @@ def driver_findings(driver: DriverInfo, torch: TorchInfo) -> list[Finding]:
 
 def gpu_findings(gpu: GpuFacts) -> list[Finding]:
     who = f"GPU {gpu.nvml_index} ({gpu.uuid or gpu.name})"
+    # Lost GPUs, uncorrected ECC and row remapping: the faults DCGM treats as "device needs
+    # attention" (ecosystem-anchors.md §5.1 #19: XID 79, 48/95).
     if gpu.lost:
         return [Finding("gpu_lost", ERROR, f"{who} is lost (fell off the bus)", "drain the node and reset or reboot it")]
     found = []
@@ -80,10 +82,11 @@ def gpu_findings(gpu: GpuFacts) -> list[Finding]:
         found.append(Finding("row_remap_pending", WARNING, f"{who}: memory rows wait for a remap",
                              f"reset the GPU when idle: nvidia-smi -i {gpu.nvml_index} -r"))
     found += _clock_findings(gpu, who) + _pcie_findings(gpu, who)
-    if gpu.fabric_state not in (None, "not_supported", "completed"):
+    if gpu.fabric_state not in (None, "not_supported", "completed"):  # §5.1 #5 (NVSwitch systems)
         found.append(Finding("fabric_manager_not_ready", ERROR, f"{who}: NVSwitch fabric state is {gpu.fabric_state}; "
                              "CUDA fails with error 802 (system not yet initialized)",
                              "systemctl status nvidia-fabricmanager; start it and wait for it to complete"))
+    # Compute and persistence modes: nvidia-smi(1), "-c" and "-pm".
     if gpu.compute_mode in ("exclusive_process", "exclusive_thread", "prohibited"):
         found.append(Finding("compute_mode", WARNING, f"{who}: compute mode is {gpu.compute_mode}, so a second "
                              "process (such as a smoke kernel) cannot use it while a job runs",
@@ -123,9 +126,10 @@ def visibility_findings(gpus: tuple[GpuFacts, ...], environ: Mapping[str, str]) 
                              "PCI_BUS_ID: cuda:N may not be NVML index N (CUDA orders fastest first)",
                              "export CUDA_DEVICE_ORDER=PCI_BUS_ID (and join metrics on UUID)"))
     entries = visible_entries(environ) or []
-    if sum(e.startswith("MIG-") for e in entries) > 1:
+    if sum(e.startswith("MIG-") for e in entries) > 1:  # §5.1 #16: a process uses one MIG instance
         found.append(Finding("multiple_mig_visible", WARNING, "CUDA_VISIBLE_DEVICES lists several MIG instances; "
                              "a CUDA process can use only one of them", "give each process one MIG UUID"))
+    # §5.1 #15: visibility that hides every GPU (a stale UUID, a typo) leaves the job on the CPU
     if gpus and environ.get("CUDA_VISIBLE_DEVICES") is not None and \
             not any(g.cuda_index is not None for g in gpus):
         found.append(Finding("no_visible_gpu", ERROR, f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r} "
