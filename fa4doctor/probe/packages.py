@@ -24,23 +24,27 @@ from dataclasses import astuple, dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
+from fa4doctor.dispatch.backends import PRIORITY
+from fa4doctor.dispatch.backends.fa4 import FA4
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.environment import BackendInstall, ImportStatus, Package
 from fa4doctor.probe import cache
 from fa4doctor.records import digest
 
-# Distributions that can provide each backend, best first (backend-rules.md §2.1, §3).
+
+def canonicalize_name(name: str) -> str:
+    """PEP 503 normalisation (`flash_attn_4` -> `flash-attn-4`), without importing `packaging.tags`."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# Distributions that can provide each backend, best first: the backends' own lists (in PEP 503 form).
 PROVIDERS: dict[BackendName, tuple[str, ...]] = {
-    BackendName.FA4: ("flash-attn-4", "fa4", "flash-attn-cute"),
-    BackendName.FA3: ("flash-attn-3",),
-    BackendName.FA2: ("flash-attn",),
-    BackendName.SDPA: ("torch",),
-}
-OBSOLETE_FA4_NAMES = ("fa4", "flash-attn-cute")  # short-lived names of the FA4 package (§2.1)
+    b.NAME: tuple(dict.fromkeys(canonicalize_name(d) for d in (*b.DISTRIBUTIONS, *b.OBSOLETE_DISTRIBUTIONS)))
+    for b in PRIORITY}
+OBSOLETE_FA4_NAMES = FA4.OBSOLETE_DISTRIBUTIONS
 FA4_DEPENDENCIES = ("nvidia-cutlass-dsl", "quack-kernels", "apache-tvm-ffi", "torch-c-dlpack-ext")
-REPORTED = frozenset({"torch", "flash-attn", "flash-attn-3", "flash-attn-4", "fa4", "flash-attn-cute",
-                      "nvidia-cutlass-dsl", "nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-core",
-                      "quack-kernels", "apache-tvm-ffi", "torch-c-dlpack-ext", "einops", "triton",
+REPORTED = frozenset({*(n for names in PROVIDERS.values() for n in names), *FA4_DEPENDENCIES,
+                      "nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-core", "einops", "triton",
                       "nvidia-ml-py", "pynvml", "transformer-engine", "transformer-engine-torch",
                       "xformers", "fa4doctor"})
 CUTE_DIR = "flash_attn/cute/"
@@ -72,11 +76,6 @@ class PackageFacts:
     cute_files: tuple[CuteFile, ...] = ()
     duplicates: tuple[tuple[str, tuple[str, ...]], ...] = ()  # name -> versions found, first one wins
     software_key: tuple[tuple[str, str], ...] = ()  # (dist-info dir, mtime): what the import cache keys on
-
-
-def canonicalize_name(name: str) -> str:
-    """PEP 503 normalisation (`flash_attn_4` -> `flash-attn-4`), without importing `packaging.tags`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _name(dist: metadata.Distribution) -> str:

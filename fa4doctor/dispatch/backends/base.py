@@ -52,6 +52,7 @@ def cc_text(gpu: GpuFacts) -> str:
 class Backend:
     NAME: ClassVar[BackendName]
     DISTRIBUTIONS: ClassVar[tuple[str, ...]] = ()
+    OBSOLETE_DISTRIBUTIONS: ClassVar[tuple[str, ...]] = ()  # old names that still provide it
     GENERATION: ClassVar[int | None] = None  # the version's major number must be this
     MIN_VERSION: ClassVar[str | None] = None
     MAX_VERSION: ClassVar[str | None] = None  # exclusive

@@ -18,6 +18,7 @@ from fa4doctor.environment import Environment, GpuFacts
 class FA4(Backend):
     NAME = BackendName.FA4
     DISTRIBUTIONS = ("flash-attn-4",)
+    OBSOLETE_DISTRIBUTIONS = ("fa4", "flash-attn-cute")  # short-lived names of the package (§2.1)
     GENERATION = 4
     # b5 is where SM90 training became usable (varlen, windows, head dims beyond 128) and where
     # `_validate_head_dims` first appears, TE's implicit floor (backend-rules.md §2.8, K8).
