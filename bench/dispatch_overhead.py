@@ -1,23 +1,29 @@
 """What `fa4doctor.dispatch.attention()` adds to a call, and where it goes.
 
 Median microseconds per call on identical tiny tensors, every row timed in blocks interleaved
-round by round, in a shuffled order, so drift (clocks, caches, other load) hits all rows alike:
+round by round, in a shuffled order, so drift (clocks, caches, other load) hits all rows alike.
+Differences are medians of per-round differences, with a 95% bootstrap interval for `added`:
 
 - direct:    the backend called by hand with exactly the keywords and layout work the adapter
              uses (taken from the adapter, so the two cannot drift apart);
+- control:   the same direct call as a second row: its difference from `direct` is the method's
+             own error, which no figure below can be read more finely than;
 - defaults:  FA4 only: the call as a user writes it, leaving FA4's defaults (the keywords that
              differ are printed);
 - adapter:   the adapter's bound closure alone (no key, no plan lookup, no counting);
 - attention: `attention()`;
 - dispatch:  `attention()` with the kernel call removed, alone (hot caches), and "beside a
              kernel": each such call right after a direct call, minus the direct call;
-- floor:     a function with `attention()`'s signature that only reads what any key covering
-             the validation must hold (shape, dtype and device of q, k and v; whether autograd
-             records the call), alone and beside a kernel: no Python dispatcher that validates
-             can cost less.
+- floor:     a Python function with `attention()`'s signature that only reads what any key
+             covering the validation must hold (shape, dtype and device of q, k and v; whether
+             autograd records the call), alone and beside a kernel: no dispatcher written in
+             Python that validates can cost less (the compiled hit path can).
 
     python bench/dispatch_overhead.py                                # CPU, SDPA
     python bench/dispatch_overhead.py --device cuda --backend fa4    # GPU machine with FA4
+
+`attention()` is the compiled hit path where `fa4doctor native build` has built it for this torch
+(the first line says `path=native`), else the Python function; FA4DOCTOR_NATIVE=0 times the latter.
 
 Targets (issue 3): at most 3 us added on a 2-core CI-class CPU; at most 2% of a direct FA4 call
 on the GPU (FA4 takes about 99 us per tiny call on an H100: h100-fa4-measurements.md).
@@ -96,40 +102,64 @@ def only_plan():
     return plans[0]
 
 
-def measure(rows: dict, plan, real_run, args, rounds: int, calls: int, sync) -> dict[str, list[float]]:
-    """rows: name -> (fn, whether plan.run runs the kernel, whether fn launches kernels at all);
-    plan.run is swapped between blocks, never inside one. The rows run in a fresh random order
-    each round (fixed seed), so no row always follows the same one and inherits its cache state."""
+def measure(rows: dict, plan, real_run, args, rounds: int, calls: int, sync, refresh) -> dict[str, list[float]]:
+    """rows: name -> (fn, whether the plan runs the kernel, whether fn launches kernels at all);
+    the plan's run (and direct call) are swapped between blocks, never inside one, and `refresh`
+    makes the compiled hit path take the swap. The rows run in a fresh random order each round
+    (fixed seed), so no row always follows the same one and inherits its cache state."""
     noop = lambda *a: None  # noqa: E731
+    real_direct = plan.direct
     times = {name: [] for name in rows}
     order, shuffle = list(rows), random.Random(0).shuffle
     for _ in range(rounds):
         shuffle(order)
         for name in order:
             fn, kernel, launches = rows[name]
-            plan.run = real_run if kernel else noop
+            plan.run, plan.direct = (real_run, real_direct) if kernel else (noop, None)
+            refresh()
             times[name].append(block(fn, args, calls, sync if launches else noop))
-    plan.run = real_run
+    plan.run, plan.direct = real_run, real_direct
+    refresh()
     return times
 
 
-def report(med: dict[str, float], differ: list[str]) -> list[str]:
-    d, a = med["direct"], med["attention"]
+def paired(times: dict[str, list[float]], row: str, base: str, draws: int = 2000) -> tuple[float, float, float]:
+    """Median over rounds of `row - base` in the same round, and its 95% bootstrap interval: drift
+    between rounds cancels, so this resolves what two separate medians cannot."""
+    diffs = [a - b for a, b in zip(times[row], times[base])]
+    pick = random.Random(1).choices
+    medians = sorted(statistics.median(pick(diffs, k=len(diffs))) for _ in range(draws))
+    return statistics.median(diffs), medians[int(0.025 * draws)], medians[int(0.975 * draws) - 1]
+
+
+def report(times: dict[str, list[float]], differ: list[str]) -> list[str]:
+    med = {name: statistics.median(t) for name, t in times.items()}
+    d = med["direct"]
+
+    def pct(x: float) -> str:
+        return f"{x / d * 100:+.1f}%"
+
+    added, lo, hi = paired(times, "attention", "direct")
+    noise, nlo, nhi = paired(times, "control", "direct")
     lines = [f"direct     {d:9.2f} us/call (exactly the adapter's backend call, by hand)"]
     if "defaults" in med:
         lines.append(f"defaults   {med['defaults']:9.2f} us/call (the short call; the adapter also passes "
                      f"{', '.join(differ) or 'nothing'})")
     lines += [
-        f"attention  {a:9.2f} us/call",
-        f"added      {a - d:9.2f} us/call ({(a - d) / d * 100:+.1f}% of the direct call)",
-        f"  adapter      {med['adapter'] - d:7.2f} us  (adapter closure {med['adapter']:.2f} - direct)",
-        f"  dispatcher   {a - med['adapter']:7.2f} us  (attention - adapter closure)",
+        f"attention  {med['attention']:9.2f} us/call",
+        f"added      {added:9.2f} us/call ({pct(added)} of the direct call; 95% interval {lo:.2f} to {hi:.2f} us, "
+        f"{pct(lo)} to {pct(hi)})",
+        f"control    {noise:9.2f} us/call (the direct call again as its own row, minus direct: the method's "
+        f"error; 95% interval {nlo:.2f} to {nhi:.2f} us)",
+        f"  adapter      {paired(times, 'adapter', 'direct')[0]:7.2f} us  (adapter closure - direct)",
+        f"  dispatcher   {paired(times, 'attention', 'adapter')[0]:7.2f} us  (attention - adapter closure)",
         f"dispatch   {med['dispatch']:9.2f} us/call (attention() with the kernel call removed, alone)",
-        f"beside     {med['beside'] - d:9.2f} us/call (the same, each right after a direct call, minus direct)",
-        f"floor      {med['floor']:9.2f} us/call (only the reads a validating key needs, alone; "
-        f"{med['floor'] / d * 100:.1f}% of direct)",
-        f"  beside     {med['floor_beside'] - d:7.2f} us  (the same, each right after a direct call, minus direct; "
-        f"{(med['floor_beside'] - d) / d * 100:.1f}% of direct)",
+        f"beside     {paired(times, 'beside', 'direct')[0]:9.2f} us/call (the same, each right after a direct call, "
+        "minus direct)",
+        f"floor      {med['floor']:9.2f} us/call (a Python function with attention()'s signature that only reads "
+        f"what a validating key needs, alone; {pct(med['floor'])} of direct)",
+        f"  beside     {paired(times, 'floor_beside', 'direct')[0]:7.2f} us  (the same, each right after a direct "
+        "call, minus direct)",
     ]
     return lines
 
@@ -149,7 +179,7 @@ def main() -> None:
 
     import torch
 
-    from fa4doctor.dispatch import attention
+    from fa4doctor.dispatch import attention, runtime
 
     global GRAD_ENABLED
     GRAD_ENABLED = torch.is_grad_enabled
@@ -168,6 +198,11 @@ def main() -> None:
         defaults, differ = default_call(args.backend, plan)
         dispatched = lambda q, k, v: attention(q, k, v, attn_mask_type=mask)  # noqa: E731
 
+        def refresh():  # the compiled path keeps the run it was told: forget it, one call re-tells it
+            if runtime._native is not None:
+                runtime._native.forget()
+                dispatched(q, k, v)
+
         def beside(q, k, v):
             direct(q, k, v)
             dispatched(q, k, v)
@@ -176,22 +211,23 @@ def main() -> None:
             direct(q, k, v)
             floor(q, k, v, attn_mask_type=mask)
 
-        rows = {"direct": (direct, True, True), **({"defaults": (defaults, True, True)} if defaults else {}),
+        rows = {"direct": (direct, True, True), "control": (direct, True, True),
+                **({"defaults": (defaults, True, True)} if defaults else {}),
                 "adapter": (lambda q, k, v: real_run(q, k, v, None, None, None), True, True),
                 "attention": (dispatched, True, True), "dispatch": (dispatched, False, False),
                 "beside": (beside, False, True),
                 "floor": (lambda q, k, v: floor(q, k, v, attn_mask_type=mask), False, False),
                 "floor_beside": (floor_beside, False, True)}
-        measure(rows, plan, real_run, (q, k, v), 2, 20, sync)  # warm-up: allocator, caches
+        measure(rows, plan, real_run, (q, k, v), 2, 20, sync, refresh)  # warm-up: allocator, caches
         if args.gc_off:
             gc.disable()
-        times = measure(rows, plan, real_run, (q, k, v), args.rounds, args.block, sync)
+        times = measure(rows, plan, real_run, (q, k, v), args.rounds, args.block, sync, refresh)
         gc.enable()
-    med = {name: statistics.median(t) for name, t in times.items()}
     print(f"device={args.device} backend={args.backend} shape={args.shape} dtype={str(dtype).split('.')[-1]} "
           f"mask={mask} torch={torch.__version__} gc={'off' if args.gc_off else 'on'} "
+          f"path={'python' if attention is runtime.python_attention else 'native'} "
           f"calls={args.rounds * args.block} per row, median of {args.rounds} blocks")
-    print("\n".join(report(med, differ)))
+    print("\n".join(report(times, differ)))
 
 
 if __name__ == "__main__":

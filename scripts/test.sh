@@ -17,4 +17,13 @@ status=$?
 set -e
 # pytest exits 5 when it collected no tests: that is a failure of the suite, not a pass.
 if [ "$status" -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+# Second pass: the runtime tests again, with attention() being the compiled hit path
+# (fa4doctor/dispatch/native), so every runtime behaviour is also proven through it.
+native_cache=$(mktemp -d)
+trap 'rm -rf "$native_cache"' EXIT
+if XDG_CACHE_HOME=$native_cache python3 -m fa4doctor native build; then
+    FA4DOCTOR_NATIVE_SUITE=$native_cache python3 -m pytest -q -p no:cacheprovider tests/runtime
+else
+    echo "scripts/test.sh: no compiler for the compiled hit path; its second pass is skipped" >&2
+fi

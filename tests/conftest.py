@@ -1,8 +1,21 @@
-"""Shared test set-up: every test starts with an empty decision cache and no policy variables."""
+"""Shared test set-up: every test starts with an empty decision cache and no policy variables.
+
+`attention()` is the Python path here, whatever this machine's cache holds, unless
+FA4DOCTOR_NATIVE_SUITE names a folder with a native build (scripts/test.sh's second pass runs the
+runtime tests through it); tests/runtime/test_native.py builds and checks the compiled one itself.
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+if os.environ.get("FA4DOCTOR_NATIVE_SUITE"):
+    os.environ["XDG_CACHE_HOME"] = os.environ["FA4DOCTOR_NATIVE_SUITE"]
+    os.environ.pop("FA4DOCTOR_NATIVE", None)
+else:
+    os.environ["FA4DOCTOR_NATIVE"] = "0"  # read once, when dispatch.runtime is first imported
 
 
 @pytest.fixture(autouse=True)
@@ -15,3 +28,23 @@ def _fresh_dispatch_state(monkeypatch):
     selection.cache_clear()
     yield
     selection.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def native_build(tmp_path_factory) -> dict[str, str]:
+    """An environ whose cache holds a build of dispatch/native/hit.cpp for this torch (built once)."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    from fa4doctor.dispatch import native
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C++ compiler ({compiler}) to build dispatch/native/hit.cpp")
+    if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
+        pytest.skip("no Python.h (the python3-dev headers) to build dispatch/native/hit.cpp")
+    environ = {"HOME": os.environ.get("HOME", "/"), "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("xdg"))}
+    built = native.build(environ)
+    assert built.ok, built.error
+    return environ

@@ -19,6 +19,7 @@ COMMANDS = {
     "explain": ("fa4doctor.cli.explain:explain", "Which backend runs one attention call, and why."),
     "smoke": ("fa4doctor.cli.smoke:smoke", "Prove each backend on this node against float64."),
     "serve": ("fa4doctor.cli.serve:serve", "Run the node daemon that Prometheus scrapes."),
+    "native": ("fa4doctor.cli.native:native", "Build or inspect the compiled hit path of attention()."),
 }
 
 

@@ -107,6 +107,10 @@ def metrics_dir() -> Path | None:
 class DispatchCounters:
     """The two counters, the tallies behind them, and the optional multiprocess file."""
 
+    # Slots: the compiled hit path reads `deadline` in place (dispatch/native/hit.cpp slot_offset).
+    __slots__ = ("_lock", "_tallies", "calls", "fallbacks", "registry", "directory", "_sink", "deadline",
+                 "__weakref__")
+
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, directory: Path | None = None):
         self._lock = threading.RLock()
         self._tallies: dict[tuple, Tally] = {}

@@ -5,6 +5,10 @@ The first call of each distinct shape validates the inputs, builds the `Attentio
 and logs the decision once; later calls with the same key only count and run. The key holds
 everything validated (shapes, dtypes, devices, whether autograd records the call, every keyword,
 the policy variables), so a call that differs in anything is validated again.
+
+`attention` is the Python function below (also `python_attention`), or, where `fa4doctor native
+build` has compiled it for this torch, the same call with its hit path in C++
+(`dispatch/native/hit.cpp`), which hands every call it does not remember to `python_attention`.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from typing import Any, Callable
 
 import torch
 
-from fa4doctor.dispatch import inputs, local_env, metrics
-from fa4doctor.dispatch.adapters import AdapterImportError, adapter
+from fa4doctor.dispatch import inputs, local_env, metrics, native
+from fa4doctor.dispatch.adapters import AdapterImportError, Direct, adapter, direct
 from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_STRICT, Policy
 from fa4doctor.dispatch.reasons import BackendName, Decision
 from fa4doctor.dispatch.selection import select
@@ -49,10 +53,14 @@ class Plan:
     run: Callable[..., torch.Tensor]
     tally: metrics.Tally
     counters: metrics.DispatchCounters
+    direct: Direct | None = None  # run's dense call without its frame, for the compiled hit path
 
 
 _plans: dict[Any, Plan] = {}
 _logged: set[Decision] = set()
+_native = None  # the compiled hit path's module, once `use_native` has it
+_remember: Callable[..., bool] | None = None  # its `remember`
+_forget_native: Callable[[], None] = lambda: None  # noqa: E731
 
 
 def _tensor_key(t: Any) -> Any:
@@ -101,14 +109,15 @@ def _new_plan(prepared: inputs.Prepared) -> Plan:
         except AdapterImportError as exc:
             log.warning("fa4doctor: %s; deciding again without it", exc)
             env = local_env.record_import_failure(exc.backend, exc.message)
-            _plans.clear()
+            _forget_plans()
     _log_once(decision, spec)
     counters = metrics.counters()
     fallback = None
     if decision.fell_back:
         code = decision.fallback_code
         fallback = (decision.preferred.value, decision.chosen.value, code.value if code else "unknown")
-    return Plan(spec, prepared.scale, decision, run, counters.tally(decision.chosen.value, fallback), counters)
+    return Plan(spec, prepared.scale, decision, run, counters.tally(decision.chosen.value, fallback), counters,
+                direct(decision.chosen, spec, prepared.scale))
 
 
 def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_scale=None, dropout_p=0.0,
@@ -137,9 +146,10 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
                data.get(_ENV_B), data.get(_ENV_D), data.get(_ENV_S),
                None if alibi_slopes is None else _tensor_key(alibi_slopes),
                None if learnable_sink is None else _tensor_key(learnable_sink))
-        varlen = None
+        varlen, dense = None, True
         if cu_seqlens_q is not None or cu_seqlens_kv is not None or max_seqlen_q is not None \
                 or max_seqlen_kv is not None or qkv_format != "bshd":
+            dense = False
             varlen = inputs.read_varlen(q, k, qkv_format, attn_mask_type, cu_seqlens_q, cu_seqlens_kv,
                                         max_seqlen_q, max_seqlen_kv)
             key = (key, varlen.summary if varlen else None, max_seqlen_q, max_seqlen_kv)
@@ -152,6 +162,9 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
         plan, varlen = _first_call(key, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p,
                                    softcap, alibi_slopes, learnable_sink, deterministic, qkv_format,
                                    cu_seqlens_q, cu_seqlens_kv, max_seqlen_q, max_seqlen_kv)
+    if _remember is not None and key is not None and dense and alibi_slopes is None and learnable_sink is None:
+        # a call the compiled path serves, which it missed: from now on it does
+        _remember(plan, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic)
     plan.tally.n += 1
     counters = plan.counters
     if counters.directory is not None and _clock() >= counters.deadline:  # no file: nothing to refresh
@@ -159,6 +172,9 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
     if varlen is None:
         return plan.run(q, k, v, None, alibi_slopes, learnable_sink)
     return _execute(plan.run, q, k, v, varlen, alibi_slopes, learnable_sink)
+
+
+python_attention = attention  # `attention` below may become the compiled path, which calls this one
 
 
 def _first_call(key, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, alibi_slopes,
@@ -194,8 +210,29 @@ def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:
     return _execute(run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
 
 
+def _forget_plans() -> None:
+    _plans.clear()
+    _forget_native()
+
+
 def reset() -> None:
     """Forget plans, logged decisions and the environment (tests; after installs)."""
-    _plans.clear()
+    _forget_plans()
     _logged.clear()
     local_env.reset()
+
+
+def use_native(module) -> Callable[..., torch.Tensor]:
+    """Route the hit path through `module` (a loaded `dispatch/native` build), or stop (None);
+    returns the `attention` callable that goes with it. Plans are kept; entries start empty."""
+    global _native, _remember, _forget_native
+    _forget_native()
+    if module is None or not isinstance(_ENV_DATA, dict):
+        _native, _remember, _forget_native = None, None, lambda: None
+        return python_attention
+    module.configure(python_attention, _ENV_DATA, (_ENV_B, _ENV_D, _ENV_S))
+    _native, _remember, _forget_native = module, module.remember, module.forget
+    return module.attention
+
+
+attention = use_native(native.load())

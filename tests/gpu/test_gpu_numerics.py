@@ -167,6 +167,16 @@ def test_fa4_call_backend_and_attention(case):
     _row(case[0], "attention()", errors, plan.decision.chosen.value)
     assert plan.decision.chosen.value == ("fa4" if case[5] else "sdpa")
     assert all(e < tol for e in errors.values()), errors
+    # The same call again runs from the plan: through the compiled hit path where it is built
+    # (dispatch/native; its `direct` FA4 call), which must serve every dense call without a sink.
+    native = runtime.attention is not runtime.python_attention
+    hits = runtime.attention.__self__.stats()["hits"] if native else 0
+    errors = _errors(runtime.attention, leaves, kwargs, ref, want, grad)
+    _row(case[0], "attention() again" + (" [native]" if native else ""), errors, plan.decision.chosen.value)
+    if native:
+        served = "cu_seqlens_q" not in kwargs and len(leaves) == 3
+        assert runtime.attention.__self__.stats()["hits"] == hits + served
+    assert all(e < tol for e in errors.values()), errors
 
 
 @requires_cuda

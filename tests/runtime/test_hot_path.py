@@ -57,6 +57,6 @@ def test_overhead_bench_prints_the_breakdown():
     out = subprocess.run([sys.executable, str(BENCH), "--rounds", "3", "--block", "2"], capture_output=True,
                          text=True, timeout=300, check=True).stdout
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
-    assert set(rows) == {"direct", "attention", "added", "adapter", "dispatcher", "dispatch", "beside", "floor"}
+    assert set(rows) == {"direct", "attention", "added", "control", "adapter", "dispatcher", "dispatch", "beside", "floor"}
     assert "backend=sdpa" in out and "gc=on" in out
     float(rows["added"].split()[1])

@@ -4,12 +4,16 @@ Every adapter module has `bind(spec, scale) -> run`, done once per distinct
 call shape, and `run(q, k, v, varlen, alibi_slopes, learnable_sink) -> out` per call; `q, k, v`
 are `bshd`, or `thd` with `varlen` set. A backend module that cannot be imported raises
 `AdapterImportError` from `bind`, which the runtime turns into an `import_failed` reason.
+An adapter may also have `direct(spec, scale) -> Direct | None`: the backend's own function and
+the keywords `run` passes it for a dense call with no ALiBi or sink, so the compiled hit path
+(`dispatch/native`) can call the backend without `run`'s Python frame.
 """
 
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any, Callable, NamedTuple
 
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.semantics import FaMask, fa_mask
@@ -26,8 +30,27 @@ class AdapterImportError(ImportError):
         super().__init__(f"{backend.value}: {message}")
 
 
+class Direct(NamedTuple):
+    """`func(q=q, k=k, v=v, **dict(zip(names[3:], values)))`, unwrapped: what `run` does for a dense
+    call with no ALiBi or sink. A tuple, so the compiled hit path reads it without attribute lookups."""
+
+    func: Callable[..., Any]
+    names: tuple[str, ...]  # "q", "k", "v", then the keywords
+    values: tuple[Any, ...]
+
+    @classmethod
+    def of(cls, func: Callable[..., Any], keywords: dict[str, Any]) -> "Direct":
+        return cls(func, ("q", "k", "v", *keywords), tuple(keywords.values()))
+
+
 def adapter(backend: BackendName) -> ModuleType:
     return importlib.import_module(MODULES[BackendName(backend)])
+
+
+def direct(backend: BackendName, spec: AttentionSpec, scale: float) -> Direct | None:
+    """The adapter's `Direct` call for `spec`, or None where it has none (call after `bind`)."""
+    make = getattr(adapter(backend), "direct", None)
+    return make(spec, scale) if make else None
 
 
 def load_module(backend: BackendName, module: str) -> ModuleType:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from fa4doctor.dispatch.adapters import fa_window, load_module, unwrap
+from fa4doctor.dispatch.adapters import Direct, fa_window, load_module, unwrap
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 
@@ -56,3 +56,8 @@ def bind(spec: AttentionSpec, scale: float):
                                   cu_seqlens_k=varlen.cu_seqlens_kv, max_seqlen_q=int(varlen.max_seqlen_q),
                                   max_seqlen_k=int(varlen.max_seqlen_kv), **static, **extra))
     return run
+
+
+def direct(spec: AttentionSpec, scale: float) -> Direct:
+    """`flash_attn_func` with `run`'s dense keywords, in `run`'s order (tests/runtime/test_native.py)."""
+    return Direct.of(load_module(BackendName.FA4, MODULE).flash_attn_func, call_kwargs(spec, scale))

@@ -1,0 +1,160 @@
+"""The compiled hit path of `attention()`: build it once per torch, load it when it is there.
+
+`attention()` in Python costs ~1.5 us per call on a 2-core CPU VM and 4.5-9 us beside a tiny FA4
+call on the lent H100, where reading q, k and v's attributes alone, right after FA4's launch path,
+already costs 2.2-5.2 us (docs/validation/h100-bench-lanes). `hit.cpp` serves a call whose key it
+remembers without a Python frame or Python objects for shapes and devices; every other call runs
+the Python `attention()` unchanged, which validates, decides and tells `hit.cpp` the plan.
+
+It is built against the installed torch's headers with the system C++ compiler, into
+`$XDG_CACHE_HOME/fa4doctor/native/<tag>/`, where the tag covers the source, torch (version and
+build), Python and the C++ ABI, so an upgraded torch never loads a stale build. Build it with
+`fa4doctor native build`; without it (or with `FA4DOCTOR_NATIVE=0`) `attention()` is the Python
+function and behaves the same, only slower.
+
+>>> artifact_path({"HOME": "/home/u"}).parts[:6]
+('/', 'home', 'u', '.cache', 'fa4doctor', 'native')
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from fa4doctor.probe.cache import default_cache_dir
+from fa4doctor.records import digest
+
+log = logging.getLogger("fa4doctor.dispatch")
+ENV_NATIVE = "FA4DOCTOR_NATIVE"  # "0": never load the compiled hit path
+MODULE = "fa4doctor_native_hit"  # hit.cpp's PyInit_<name>
+SOURCE = Path(__file__).with_name("hit.cpp")
+# The keywords an entry holds, in the order `remember(plan, q, k, v, *KEYED)` takes them (hit.cpp kKeyed).
+KEYED = ("attn_mask_type", "window_size", "softmax_scale", "dropout_p", "softcap", "deterministic")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build` did: the library's path, or the compiler's words."""
+
+    path: Path
+    ok: bool
+    seconds: float
+    command: tuple[str, ...]
+    error: str = ""
+
+
+def _torch_facts() -> dict:
+    import torch
+
+    return {"torch": torch.__version__, "git": torch.version.git_version, "dir": os.path.dirname(torch.__file__),
+            "abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI)}
+
+
+def artifact_path(environ: Mapping[str, str] | None = None, torch_facts: dict | None = None) -> Path:
+    """Where the library for this source, torch and Python lives (it may not exist)."""
+    facts = {"source": digest(SOURCE.read_bytes().decode()), "python": sys.implementation.cache_tag,
+             "platform": sysconfig.get_platform(), **(torch_facts if torch_facts is not None else {})}
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    return default_cache_dir(environ) / "native" / digest(facts, 16) / f"{MODULE}{suffix}"
+
+
+def compile_command(output: Path, torch_facts: dict, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The compiler call: torch's headers and libraries, C++20 as torch's own extensions build."""
+    torch_dir = Path(torch_facts["dir"])
+    return (environ.get("CXX", "c++"), "-O2", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", "-w",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch_facts['abi'])}", f"-I{torch_dir / 'include'}",
+            f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o", str(output),
+            f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_python", f"-Wl,-rpath,{torch_dir / 'lib'}")
+
+
+def build(environ: Mapping[str, str] | None = None, *, force: bool = False) -> BuildResult:
+    """Compile `hit.cpp` for the installed torch (a no-op when that build exists, unless `force`).
+
+    The library is written beside its final name and renamed into place, so a process loading it
+    never sees half a file and concurrent builds (one per rank) cannot corrupt it.
+    """
+    environ = os.environ if environ is None else environ
+    facts = _torch_facts()
+    path = artifact_path(environ, facts)
+    if path.exists() and not force:
+        return BuildResult(path, True, 0.0, ())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".build-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    command = compile_command(Path(temporary), facts, environ)
+    start = time.monotonic()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:  # no compiler at all
+        done = subprocess.CompletedProcess(command, 127, "", f"{command[0]}: {exc.strerror or exc}")
+    seconds = time.monotonic() - start
+    if done.returncode != 0:
+        os.unlink(temporary)
+        said = (done.stderr or done.stdout).strip()[-4000:]
+        return BuildResult(path, False, seconds, command,
+                           said or f"{command[0]} exited with status {done.returncode} and printed nothing")
+    os.replace(temporary, path)
+    return BuildResult(path, True, seconds, command)
+
+
+def _load_file(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(MODULE, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load(environ: Mapping[str, str] | None = None) -> ModuleType | None:
+    """The built module for this torch, or None (not built, disabled, or failing to load)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_NATIVE, "").strip() == "0":
+        return None
+    path = artifact_path(environ, _torch_facts())
+    if not path.exists():
+        log.debug("fa4doctor: no compiled hit path at %s (`fa4doctor native build`)", path)
+        return None
+    try:
+        return _load_file(path)
+    except Exception as exc:  # noqa: BLE001 (a broken build must never stop a training step)
+        log.warning("fa4doctor: not using the compiled hit path %s: %s: %s", path, type(exc).__name__, exc)
+        return None
+
+
+@dataclass(frozen=True)
+class Status:
+    """Whether `attention()` in a new process here gets the compiled hit path, and if not, why."""
+
+    path: Path
+    torch: str
+    disabled: bool  # FA4DOCTOR_NATIVE=0
+    built: bool
+    error: str = ""  # why the built library does not load
+
+    @property
+    def active(self) -> bool:
+        return self.built and not self.disabled and not self.error
+
+
+def status(environ: Mapping[str, str] | None = None) -> Status:
+    """Load the build for this torch (if any) and say what a training process would get."""
+    environ = os.environ if environ is None else environ
+    facts = _torch_facts()
+    path = artifact_path(environ, facts)
+    error = ""
+    if path.exists():
+        try:
+            _load_file(path)
+        except Exception as exc:  # noqa: BLE001
+            error = f"{type(exc).__name__}: {exc}"
+    return Status(path, facts["torch"], environ.get(ENV_NATIVE, "").strip() == "0", path.exists(), error)

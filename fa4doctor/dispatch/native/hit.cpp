@@ -1,0 +1,513 @@
+// The hit path of fa4doctor.dispatch.attention(), compiled: the same key, the same plans, no
+// Python frame and no Python objects for shapes and devices.
+//
+// Why: a tiny FA4 call costs ~99 us of host time on an H100 (h100-fa4-measurements.md). A Python
+// function with attention()'s signature that only reads the 9 tensor attributes its key needs costs
+// 2.2-5.2 us right after that call (docs/validation/h100-bench-lanes), over the 2% of issue 3.
+// Here the reads are fields of at::Tensor, the keywords are compared in place and the plan found in
+// a short array.
+//
+// Contract with fa4doctor/dispatch/runtime.py (tests/runtime/test_native.py holds the two equal):
+// - `attention` takes the runtime's exact signature. It serves a call itself only when q, k and v
+//   are plain tensors passed by position, the call has no ALiBi, sink or variable-length argument
+//   and qkv_format is "bshd", and a remembered entry matches it; everything else goes, untouched,
+//   to the Python `attention` given to `configure`, which validates, decides and calls `remember`.
+// - An entry matches when what runtime.py's key holds for such a call is equal: shape, dtype and
+//   device of q, k and v; grad mode and requires_grad; the six keywords (by ==, as a tuple key
+//   compares); the three policy variables in os.environ's own dict.
+// - A hit does what runtime.py's hit does: tally.n += 1; counters.flush() once counters.deadline
+//   has passed (only where counters has a metrics directory); then plan.run(q, k, v, None, None,
+//   None), or, where the adapter gave one, its `direct` call: the backend's own function with the
+//   keywords run would pass, saving run's Python frame (~0.5 us beside FA4 on the H100). `run` and
+//   `direct` are the plan's when it was remembered (a plan never changes them; the bench, which
+//   swaps them, forgets the entries after each swap).
+// - Beside FA4 every memory access here runs with cold caches (FA4's launch path is ~100 us of
+//   Python), so the hit path touches as little as it can: the policy variables are re-read only
+//   after os.environ's dict changed (a dict watcher, Python >= 3.12; every call before that).
+#include <Python.h>
+#include <structmember.h>
+#include <time.h>
+
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int kMaxDim = 8;
+constexpr size_t kMaxEntries = 256;  // then forget all (runtime.py clears its plans at 4096)
+
+// attention()'s keyword-only parameters, in its order.
+enum Kw { kMask, kWindow, kScale, kDropout, kSoftcap, kAlibi, kSink, kDeterministic, kFormat, kCuQ, kCuKv,
+          kMaxQ, kMaxKv, kNumKw };
+const char* const kKwNames[kNumKw] = {
+    "attn_mask_type", "window_size", "softmax_scale", "dropout_p", "softcap", "alibi_slopes",
+    "learnable_sink", "deterministic", "qkv_format", "cu_seqlens_q", "cu_seqlens_kv", "max_seqlen_q",
+    "max_seqlen_kv"};
+// The keywords an entry holds; the others are None (and qkv_format "bshd") on this path.
+constexpr int kKeyed[] = {kMask, kWindow, kScale, kDropout, kSoftcap, kDeterministic};
+constexpr int kNumKeyed = sizeof(kKeyed) / sizeof(kKeyed[0]);
+constexpr int kRare[] = {kAlibi, kSink, kCuQ, kCuKv, kMaxQ, kMaxKv};
+constexpr int kNumEnv = 3;
+
+struct TensorKey {
+  int64_t sizes[kMaxDim];
+  int ndim;
+  int8_t dtype, device_type, device_index;
+  bool requires_grad;
+
+  bool same(const TensorKey& o) const {  // requires_grad is in the entry's needs_grad
+    return ndim == o.ndim && dtype == o.dtype && device_type == o.device_type &&
+           device_index == o.device_index && std::memcmp(sizes, o.sizes, ndim * sizeof(int64_t)) == 0;
+  }
+};
+
+struct Key {
+  TensorKey t[3];
+  bool needs_grad;
+  uint64_t hash;
+};
+
+struct Entry {
+  Key key;
+  PyObject* kw[kNumKeyed];  // strong references
+  PyObject* env[kNumEnv];   // strong references; Py_None where the variable is unset
+  PyObject* plan;           // strong, as every pointer below
+  PyObject* run;            // plan.run and plan.direct, as they were when remembered
+  PyObject* direct;
+  PyObject* tally;
+  PyObject* counters;
+  Py_ssize_t n_offset;      // where tally.n lives (a __slots__ member), or -1: by name
+  Py_ssize_t deadline_offset;  // the same for counters.deadline
+  bool flushes;             // counters.directory was set: its deadline is read per call
+};
+
+struct State {
+  PyObject* slow = nullptr;         // runtime.attention (Python)
+  PyObject* environ = nullptr;      // os.environ._data
+  PyObject* env_keys[kNumEnv] = {};
+  PyObject* names[kNumKw] = {};     // interned keyword names
+  PyObject* defaults[kNumKw] = {};  // attention.__kwdefaults__, in kKwNames order
+  PyObject* bshd = nullptr;
+  PyObject *s_run = nullptr, *s_n = nullptr, *s_deadline = nullptr, *s_flush = nullptr, *s_direct = nullptr,
+           *one = nullptr;
+  std::vector<Entry> entries;
+  unsigned long long hits = 0, misses = 0;
+  // The policy variables' values (strong), read again only after os.environ changed: a dict
+  // watcher (Python >= 3.12) marks them stale. Without one they are read on every call.
+  PyObject* env_now[kNumEnv] = {};
+  bool env_stale = true;
+  int watcher = -1;
+  // A keyword's __eq__ runs Python while `find` walks the entries; if that Python calls back in,
+  // the call goes the Python way, and a forget waits until the walk is over.
+  bool walking = false, forget_pending = false;
+};
+State g;
+
+bool read_tensor(PyObject* obj, TensorKey* out) {
+  // Exactly torch.Tensor or Parameter: a subclass may answer .shape differently (__torch_function__).
+  if (!THPVariable_CheckExact(obj)) return false;
+  const at::Tensor& t = THPVariable_Unpack(obj);
+  if (!t.defined() || t.is_nested() || t.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) return false;
+  auto sizes = t.sizes();
+  if (sizes.size() > static_cast<size_t>(kMaxDim)) return false;
+  out->ndim = static_cast<int>(sizes.size());
+  std::memset(out->sizes, 0, sizeof(out->sizes));
+  std::memcpy(out->sizes, sizes.data(), sizes.size() * sizeof(int64_t));
+  out->dtype = static_cast<int8_t>(t.scalar_type());
+  out->device_type = static_cast<int8_t>(t.device().type());
+  out->device_index = t.device().index();
+  out->requires_grad = t.requires_grad();
+  return true;
+}
+
+uint64_t mix(uint64_t h, uint64_t x) { return (h ^ x) * 0x100000001b3ULL; }  // FNV-1a step
+
+bool read_key(PyObject* const* tensors, Key* key) {
+  uint64_t h = 0xcbf29ce484222325ULL;
+  bool any_grad = false;
+  for (int i = 0; i < 3; ++i) {
+    TensorKey& tk = key->t[i];
+    if (!read_tensor(tensors[i], &tk)) return false;
+    for (int d = 0; d < tk.ndim; ++d) h = mix(h, static_cast<uint64_t>(tk.sizes[d]));
+    h = mix(h, (static_cast<uint64_t>(tk.ndim) << 24) | (static_cast<uint64_t>(static_cast<uint8_t>(tk.dtype)) << 16) |
+                   (static_cast<uint64_t>(static_cast<uint8_t>(tk.device_type)) << 8) |
+                   static_cast<uint8_t>(tk.device_index));
+    any_grad = any_grad || tk.requires_grad;
+  }
+  key->needs_grad = c10::GradMode::is_enabled() && any_grad;
+  key->hash = mix(h, key->needs_grad);
+  return true;
+}
+
+// -1: an error was raised (and cleared: the caller goes the Python way); 0: differ; 1: equal.
+int equal(PyObject* a, PyObject* b) {
+  if (a == b) return 1;
+  int eq = PyObject_RichCompareBool(a, b, Py_EQ);
+  if (eq < 0) PyErr_Clear();
+  return eq;
+}
+
+// Fills kw[] (borrowed) from a vectorcall; false when the call is not one this path serves.
+bool read_keywords(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames, PyObject** kw) {
+  std::memcpy(kw, g.defaults, sizeof(g.defaults));
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    PyObject* name = PyTuple_GET_ITEM(kwnames, i);
+    int found = -1;
+    for (int j = 0; j < kNumKw && found < 0; ++j)
+      if (name == g.names[j]) found = j;
+    for (int j = 0; j < kNumKw && found < 0; ++j)  // a keyword name that was not interned
+      if (PyUnicode_Compare(name, g.names[j]) == 0) found = j;
+    if (PyErr_Occurred()) PyErr_Clear();
+    if (found < 0) return false;  // q=..., or a name attention() does not take
+    kw[found] = args[nargs + i];
+  }
+  for (int r : kRare)
+    if (kw[r] != Py_None) return false;
+  return kw[kFormat] == g.bshd || equal(kw[kFormat], g.bshd) == 1;
+}
+
+void read_env(PyObject** env) {  // borrowed; Py_None where unset, as runtime.py's data.get()
+  if (g.watcher >= 0 && !g.env_stale) {
+    std::memcpy(env, g.env_now, sizeof(g.env_now));
+    return;
+  }
+  for (int i = 0; i < kNumEnv; ++i) {
+    PyObject* value = PyDict_GetItemWithError(g.environ, g.env_keys[i]);
+    if (!value && PyErr_Occurred()) PyErr_Clear();
+    env[i] = value ? value : Py_None;
+    if (g.watcher >= 0) Py_XSETREF(g.env_now[i], Py_NewRef(env[i]));
+  }
+  g.env_stale = false;
+}
+
+#if PY_VERSION_HEX >= 0x030C0000
+// Called before any change to os.environ's dict (PEP 509's successor, Include/cpython/dictobject.h).
+int environ_changed(PyDict_WatchEvent, PyObject* dict, PyObject*, PyObject*) {
+  if (dict == g.environ) g.env_stale = true;
+  return 0;
+}
+
+void watch_environ() {
+  if (g.watcher < 0) g.watcher = PyDict_AddWatcher(environ_changed);
+  if (g.watcher >= 0 && PyDict_Watch(g.watcher, g.environ) < 0) {
+    PyErr_Clear();
+    PyDict_ClearWatcher(g.watcher);
+    g.watcher = -1;
+  }
+  if (g.watcher < 0) PyErr_Clear();  // none free: read the variables on every call
+  g.env_stale = true;
+}
+#else
+void watch_environ() { g.env_stale = true; }
+#endif
+
+// The index of the entry that matches, -1 for none, -2 when a comparison raised.
+long walk(const Key& key, PyObject* const* kw, PyObject* const* env) {
+  for (size_t i = 0; i < g.entries.size(); ++i) {
+    const Entry& e = g.entries[i];
+    if (e.key.hash != key.hash || e.key.needs_grad != key.needs_grad) continue;
+    if (!e.key.t[0].same(key.t[0]) || !e.key.t[1].same(key.t[1]) || !e.key.t[2].same(key.t[2])) continue;
+    bool same = true;
+    for (int j = 0; j < kNumKeyed && same; ++j) {
+      int eq = equal(e.kw[j], kw[kKeyed[j]]);
+      if (eq < 0) return -2;
+      same = eq == 1;
+    }
+    for (int j = 0; j < kNumEnv && same; ++j) {
+      int eq = equal(e.env[j], env[j]);
+      if (eq < 0) return -2;
+      same = eq == 1;
+    }
+    if (same) return static_cast<long>(i);
+  }
+  return -1;
+}
+
+void forget_all();
+
+long find(const Key& key, PyObject* const* kw, PyObject* const* env) {
+  if (g.walking) return -1;  // called back from a comparison inside the walk below
+  g.walking = true;
+  long at = walk(key, kw, env);
+  g.walking = false;
+  if (g.forget_pending) {  // a comparison asked to forget: do it now, and serve nothing remembered
+    g.forget_pending = false;
+    forget_all();
+    return -1;
+  }
+  return at;
+}
+
+void release(Entry& e) {
+  for (PyObject* o : e.kw) Py_DECREF(o);
+  for (PyObject* o : e.env) Py_DECREF(o);
+  for (PyObject* o : {e.plan, e.run, e.direct, e.tally, e.counters}) Py_DECREF(o);
+}
+
+void forget_all() {
+  if (g.walking) {
+    g.forget_pending = true;
+    return;
+  }
+  std::vector<Entry> old;
+  old.swap(g.entries);  // a __del__ run by a DECREF below sees an empty list, not a half-freed one
+  for (Entry& e : old) release(e);
+}
+
+double monotonic() {  // time.monotonic() on Linux (CPython's pytime.c uses CLOCK_MONOTONIC)
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// Where `name` lives in type(obj)'s __slots__ (metrics.Tally.n, DispatchCounters.deadline), so a
+// hit reads and writes it in place, as the slot's own descriptor would; -1 where it is anything else.
+Py_ssize_t slot_offset(PyObject* obj, PyObject* name) {
+  PyObject* descr = _PyType_Lookup(Py_TYPE(obj), name);  // borrowed
+  if (!descr || !Py_IS_TYPE(descr, &PyMemberDescr_Type)) return -1;
+  PyMemberDef* member = reinterpret_cast<PyMemberDescrObject*>(descr)->d_member;
+  return member->type == T_OBJECT_EX && !(member->flags & READONLY) ? member->offset : -1;
+}
+
+PyObject** slot(PyObject* obj, Py_ssize_t offset) {
+  return reinterpret_cast<PyObject**>(reinterpret_cast<char*>(obj) + offset);
+}
+
+// obj.name, a new reference: from its slot where `offset` found one, else by name.
+PyObject* get(PyObject* obj, Py_ssize_t offset, PyObject* name) {
+  if (offset < 0) return PyObject_GetAttr(obj, name);
+  PyObject* value = *slot(obj, offset);
+  if (!value) PyErr_SetObject(PyExc_AttributeError, name);  // an unset slot, as the descriptor says
+  return Py_XNewRef(value);
+}
+
+bool add_one(PyObject* tally, Py_ssize_t offset) {
+  PyObject* n = get(tally, offset, g.s_n);
+  if (!n) return false;
+  PyObject* next = PyNumber_Add(n, g.one);
+  Py_DECREF(n);
+  if (!next) return false;
+  if (offset >= 0) {
+    Py_XSETREF(*slot(tally, offset), next);
+    return true;
+  }
+  int set = PyObject_SetAttr(tally, g.s_n, next);
+  Py_DECREF(next);
+  return set == 0;
+}
+
+// tally.n += 1, and counters.flush() once counters.deadline has passed: runtime.py's hit, in C.
+// counters is null where it has no metrics directory: then there is no file to refresh, ever
+// (metrics.DispatchCounters sets a directory only when it is made, and only ever clears it).
+bool count(const Entry& e) {
+  // Own what this uses: flush() runs Python, which may reset the plans and drop the entry.
+  PyObject *tally = Py_NewRef(e.tally), *counters = e.flushes ? Py_NewRef(e.counters) : nullptr;
+  Py_ssize_t deadline_at = e.deadline_offset;
+  bool ok = add_one(tally, e.n_offset);
+  Py_DECREF(tally);
+  if (!ok || !counters) {
+    Py_XDECREF(counters);
+    return ok;
+  }
+  PyObject* deadline = get(counters, deadline_at, g.s_deadline);
+  double due = deadline ? PyFloat_AsDouble(deadline) : -1.0;
+  Py_XDECREF(deadline);
+  if (due == -1.0 && PyErr_Occurred()) ok = false;
+  else if (monotonic() >= due) {
+    PyObject* done = PyObject_CallMethodNoArgs(counters, g.s_flush);
+    Py_XDECREF(done);
+    ok = done != nullptr;
+  }
+  Py_DECREF(counters);
+  return ok;
+}
+
+// direct = (func, names, values): func(q=q, k=k, v=v, **dict(zip(names[3:], values))), its first
+// element kept when it returns a tuple or list (adapters.unwrap), exactly as the adapter's run does.
+PyObject* call_direct(PyObject* direct, PyObject* const* tensors) {
+  constexpr Py_ssize_t kMaxArgs = 16;
+  PyObject *func, *names, *values;
+  Py_ssize_t n;
+  if (!PyTuple_Check(direct) || PyTuple_GET_SIZE(direct) != 3 ||
+      !PyTuple_Check(names = PyTuple_GET_ITEM(direct, 1)) || !PyTuple_Check(values = PyTuple_GET_ITEM(direct, 2)) ||
+      (n = PyTuple_GET_SIZE(names)) != 3 + PyTuple_GET_SIZE(values) || n > kMaxArgs) {
+    PyErr_SetString(PyExc_TypeError, "plan.direct must be (func, names, values) with q, k, v named first");
+    return nullptr;
+  }
+  func = PyTuple_GET_ITEM(direct, 0);
+  PyObject* call[kMaxArgs] = {tensors[0], tensors[1], tensors[2]};
+  for (Py_ssize_t i = 3; i < n; ++i) call[i] = PyTuple_GET_ITEM(values, i - 3);
+  PyObject* out = PyObject_Vectorcall(func, call, 0, names);
+  if (out && (PyTuple_Check(out) || PyList_Check(out))) {
+    PyObject* first = PySequence_GetItem(out, 0);
+    Py_DECREF(out);
+    return first;
+  }
+  return out;
+}
+
+// The backend's own function called with the plan's keywords (adapters.Direct), or plan.run.
+PyObject* call_plan(PyObject* run, PyObject* direct, PyObject* const* tensors) {
+  if (direct != Py_None) return call_direct(direct, tensors);
+  PyObject* call[6] = {tensors[0], tensors[1], tensors[2], Py_None, Py_None, Py_None};
+  return PyObject_Vectorcall(run, call, 6, nullptr);
+}
+
+PyObject* attention(PyObject*, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  if (!g.slow) {
+    PyErr_SetString(PyExc_RuntimeError, "fa4doctor native hit path used before configure()");
+    return nullptr;
+  }
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject* kw[kNumKw];
+  PyObject* env[kNumEnv];
+  Key key;
+  long at = -1;
+  if (nargs == 3 && read_keywords(args, nargs, kwnames, kw) && read_key(args, &key)) {
+    read_env(env);
+    at = find(key, kw, env);
+  }
+  if (at < 0) {
+    ++g.misses;
+    return PyObject_Vectorcall(g.slow, args, nargsf, kwnames);
+  }
+  ++g.hits;
+  const Entry& e = g.entries[static_cast<size_t>(at)];
+  // Own what the call uses: a reset inside flush() or the kernel may drop the entry meanwhile.
+  PyObject *run = Py_NewRef(e.run), *direct = Py_NewRef(e.direct);
+  bool counted = count(e);  // `e` is not used after this
+  PyObject* out = counted ? call_plan(run, direct, args) : nullptr;
+  Py_DECREF(run);
+  Py_DECREF(direct);
+  return out;
+}
+
+// remember(plan, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic)
+PyObject* remember(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4 + kNumKeyed) {
+    PyErr_SetString(PyExc_TypeError, "remember() takes plan, q, k, v and the six keyed keywords");
+    return nullptr;
+  }
+  Key key;
+  // Not a call this path can serve, or called back from a comparison while the entries are walked.
+  if (!g.slow || g.walking || !read_key(args + 1, &key)) Py_RETURN_FALSE;
+  PyObject* kw[kNumKw];
+  std::memcpy(kw, g.defaults, sizeof(kw));
+  for (int j = 0; j < kNumKeyed; ++j) kw[kKeyed[j]] = args[4 + j];
+  PyObject* env[kNumEnv];
+  read_env(env);
+  long at = find(key, kw, env);
+  if (at == -2) Py_RETURN_FALSE;
+  // The plan's parts, owned by the entry (each a new reference, or null on an error).
+  PyObject* plan = args[0];
+  const char* const parts[] = {"run", "direct", "tally", "counters"};
+  PyObject* got[4] = {};
+  for (int i = 0; i < 4; ++i) {
+    if (!(got[i] = PyObject_GetAttrString(plan, parts[i]))) {
+      for (PyObject* o : got) Py_XDECREF(o);
+      return nullptr;
+    }
+  }
+  PyObject* directory = PyObject_GetAttrString(got[3], "directory");
+  if (!directory) {
+    for (PyObject* o : got) Py_DECREF(o);
+    return nullptr;
+  }
+  Entry fresh;
+  fresh.key = key;
+  for (int j = 0; j < kNumKeyed; ++j) fresh.kw[j] = Py_NewRef(kw[kKeyed[j]]);
+  for (int j = 0; j < kNumEnv; ++j) fresh.env[j] = Py_NewRef(env[j]);
+  fresh.plan = Py_NewRef(plan);
+  fresh.run = got[0];
+  fresh.direct = got[1];
+  fresh.tally = got[2];
+  fresh.counters = got[3];
+  fresh.n_offset = slot_offset(fresh.tally, g.s_n);
+  fresh.deadline_offset = slot_offset(fresh.counters, g.s_deadline);
+  fresh.flushes = directory != Py_None;
+  Py_DECREF(directory);
+  if (at >= 0) {  // the same key decided again (after a reset of runtime.py's plans): the new plan wins
+    Entry old = g.entries[static_cast<size_t>(at)];
+    g.entries[static_cast<size_t>(at)] = fresh;
+    release(old);
+  } else {
+    if (g.entries.size() >= kMaxEntries) forget_all();
+    g.entries.push_back(fresh);
+  }
+  Py_RETURN_TRUE;
+}
+
+PyObject* forget(PyObject*, PyObject*) {
+  forget_all();
+  Py_RETURN_NONE;
+}
+
+PyObject* stats(PyObject*, PyObject*) {
+  return Py_BuildValue("{s:n,s:K,s:K}", "entries", static_cast<Py_ssize_t>(g.entries.size()), "hits", g.hits,
+                       "misses", g.misses);
+}
+
+// configure(slow, environ_data, env_keys): slow is runtime.attention; its __kwdefaults__ give the defaults.
+PyObject* configure(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyDict_Check(args[1]) || !PyTuple_Check(args[2]) || PyTuple_GET_SIZE(args[2]) != kNumEnv) {
+    PyErr_SetString(PyExc_TypeError, "configure(slow, environ_data: dict, env_keys: 3-tuple)");
+    return nullptr;
+  }
+  PyObject* defaults = PyObject_GetAttrString(args[0], "__kwdefaults__");
+  if (!defaults) return nullptr;
+  PyObject* found[kNumKw];
+  for (int j = 0; j < kNumKw; ++j) {
+    found[j] = PyDict_Check(defaults) ? PyDict_GetItemString(defaults, kKwNames[j]) : nullptr;
+    if (!found[j]) {
+      Py_DECREF(defaults);
+      return PyErr_Format(PyExc_TypeError, "slow path has no keyword %s", kKwNames[j]);
+    }
+  }
+  forget_all();
+  for (int j = 0; j < kNumKw; ++j) {
+    Py_XSETREF(g.defaults[j], Py_NewRef(found[j]));
+    if (!g.names[j]) g.names[j] = PyUnicode_InternFromString(kKwNames[j]);
+  }
+  Py_DECREF(defaults);
+  Py_XSETREF(g.slow, Py_NewRef(args[0]));
+  Py_XSETREF(g.environ, Py_NewRef(args[1]));
+  watch_environ();
+  for (int i = 0; i < kNumEnv; ++i) Py_XSETREF(g.env_keys[i], Py_NewRef(PyTuple_GET_ITEM(args[2], i)));
+  if (!g.bshd) g.bshd = PyUnicode_InternFromString("bshd");
+  if (!g.s_run) {
+    g.s_run = PyUnicode_InternFromString("run");
+    g.s_n = PyUnicode_InternFromString("n");
+    g.s_deadline = PyUnicode_InternFromString("deadline");
+    g.s_flush = PyUnicode_InternFromString("flush");
+    g.s_direct = PyUnicode_InternFromString("direct");
+    g.one = PyLong_FromLong(1);
+  }
+  Py_RETURN_NONE;
+}
+
+PyMethodDef kMethods[] = {
+    {"attention", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(attention)),
+     METH_FASTCALL | METH_KEYWORDS,
+     "attention($module, q, k, v, *, attn_mask_type='no_mask', window_size=None, softmax_scale=None, "
+     "dropout_p=0.0, softcap=0.0, alibi_slopes=None, learnable_sink=None, deterministic=False, "
+     "qkv_format='bshd', cu_seqlens_q=None, cu_seqlens_kv=None, max_seqlen_q=None, max_seqlen_kv=None)\n--\n\n"
+     "fa4doctor.dispatch.attention with its hit path compiled: the arguments and what they mean are\n"
+     "fa4doctor.dispatch.runtime.python_attention's, which runs every call this path does not serve."},
+    {"remember", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(remember)), METH_FASTCALL,
+     "Keep a plan for the call these arguments make."},
+    {"forget", forget, METH_NOARGS, "Drop every remembered plan."},
+    {"stats", stats, METH_NOARGS, "Entries, hits and misses so far."},
+    {"configure", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(configure)), METH_FASTCALL,
+     "Set the Python path and the environment this module reads."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "fa4doctor_native_hit", "fa4doctor's compiled dispatch hit path.",
+                       -1, kMethods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit_fa4doctor_native_hit() { return PyModule_Create(&kModule); }
