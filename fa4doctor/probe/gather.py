@@ -28,7 +28,7 @@ from fa4doctor.probe.gpus import GpuProbe
 from fa4doctor.probe.ledger import default_ledger_path, read_ledger
 from fa4doctor.probe.nvml import NvmlSource, PynvmlSource
 from fa4doctor.probe.packages import scan_packages
-from fa4doctor.probe.system import map_cuda_ordinals, read_jit_cache, read_torch_info
+from fa4doctor.probe.system import find_torch_dir, map_cuda_ordinals, read_jit_cache, read_torch_info
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +85,7 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
     findings = _findings(facts, backends, torch, driver, gpus, environ, jit, import_modules)
     installed = [b.backend.value for b in backends if b.import_status is not ImportStatus.NOT_INSTALLED]
     findings += problems.bytecode_findings(missing_bytecode(installed, path), environ)
+    findings += problems.native_findings(_native_built(environ, path))
     if ledger.problem:
         findings.append(Finding("ledger_unreadable", problems.WARNING, ledger.problem,
                                 "fa4doctor smoke rewrites it; or remove the file"))
@@ -122,3 +123,13 @@ def gather_environment(*, nvml: NvmlSource | None = None, check_imports: bool = 
     """
     return gather(nvml=nvml, check_imports=check_imports, ledger_path=ledger_path, environ=environ,
                   **options).env
+
+
+def _native_built(environ: Mapping[str, str], path: list[str] | None) -> bool | None:
+    """Whether a training process here gets attention()'s compiled hit path (None: no torch, or off)."""
+    from fa4doctor.dispatch import native
+
+    if environ.get(native.ENV_NATIVE, "").strip() == "0":
+        return None
+    built = native.artifact_path(environ, find_torch_dir(path))
+    return None if built is None else built.exists()

@@ -245,3 +245,15 @@ def bytecode_findings(missing: tuple[str, ...], environ: Mapping[str, str]) -> l
                     "it (PYTHONDONTWRITEBYTECODE or a read-only install): every process compiles these imports "
                     "from source, seconds at each start", f"python -m compileall -q -j 0 {folders}, or keep "
                     "__pycache__ in the image")]
+
+
+def native_findings(built: bool | None) -> list[Finding]:
+    """`attention()` would run its Python hit path here (None: no torch, or FA4DOCTOR_NATIVE=0)."""
+    if built is None or built:
+        return []
+    # Measured on the lent H100: +4.7% to +6.6% of a tiny FA4 call through the Python path, -0.0% to
+    # +1.5% through the compiled one (docs/validation/h100-native/4-final).
+    return [Finding("native_not_built", INFO, "the compiled hit path of fa4doctor.dispatch.attention() is not "
+                    "built for this torch: each repeated call costs about 6% of a tiny FA4 call instead of "
+                    "about 1%", "fa4doctor native build (once per torch; needs a C++20 compiler and Python's "
+                    "headers)")]

@@ -30,17 +30,23 @@ _VERSION = re.compile(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", re.M)
 _CUDA = re.compile(r"^cuda\s*(?::[^=]*)?=\s*(?:['\"]([^'\"]+)['\"]|None)", re.M)
 
 
+def find_torch_dir(path: list[str] | None = None) -> Path | None:
+    """torch's package folder on `path` (default `sys.path`, as the package scan searches), unimported."""
+    try:
+        spec = PathFinder.find_spec("torch", path)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def read_torch_info(torch_dir: str | Path | None = None, path: list[str] | None = None) -> TorchInfo:
-    """torch's version and build CUDA from `torch/version.py`, found on `path` (default `sys.path`,
-    as the package scan searches) without importing it."""
+    """torch's version and build CUDA from `torch/version.py` (in `torch_dir`, else found on
+    `path`) without importing it."""
+    torch_dir = torch_dir if torch_dir is not None else find_torch_dir(path)
     if torch_dir is None:
-        try:
-            spec = PathFinder.find_spec("torch", path)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            return TorchInfo()
-        torch_dir = list(spec.submodule_search_locations)[0]
+        return TorchInfo()
     try:
         text = (Path(torch_dir) / "version.py").read_text()
     except OSError:

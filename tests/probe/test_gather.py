@@ -7,6 +7,7 @@ import sys
 
 from probe_fakes import NVML_FIXTURES, fa4, fa4_deps, write_dist
 
+from fa4doctor.dispatch import native
 from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import Environment, ImportStatus, LedgerEntry
@@ -22,8 +23,9 @@ def node(site, tmp_path, fixture="healthy_h100", fa4_version="4.0.0b36", **optio
     fa4_deps(site)
     write_dist(site, "torch", "2.13.0")
     options.setdefault("ledger_path", tmp_path / "ledger.json")
+    options.setdefault("environ", {"XDG_CACHE_HOME": str(tmp_path / "cache")})
     return gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / f"{fixture}.json"), check_imports=False,
-                              environ={}, path=[str(site)], **options)
+                              path=[str(site)], **options)
 
 
 def test_healthy_h100_with_fa4_b36_is_healthy(site, tmp_path):
@@ -35,6 +37,28 @@ def test_healthy_h100_with_fa4_b36_is_healthy(site, tmp_path):
     assert {v["chosen"] for v in report["verdicts"]} == {"fa4"}
     assert len(report["verdicts"]) == len(DEFAULT_SPECS)
     assert (report["healthy"], report["exit_code"]) == (True, 0)
+
+
+def test_says_whether_attention_gets_its_compiled_hit_path(site, tmp_path):
+    cache = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    node(site, tmp_path)
+    (site / "torch").mkdir()
+    (site / "torch" / "version.py").write_text("__version__ = '2.13.0'\ngit_version = 'abc'\n")
+
+    def info(**environ):
+        found = gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / "healthy_h100.json"), check_imports=False,
+                                   environ={**cache, **environ}, path=[str(site)], ledger_path=tmp_path / "l.json")
+        return [f for f in found.findings if f.code == "native_not_built"]
+
+    (finding,) = info()
+    assert finding.severity == "info" and "fa4doctor native build" in finding.fix
+    assert info(FA4DOCTOR_NATIVE="0") == []  # turned off on purpose
+    built = native.artifact_path(cache, site / "torch")
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"")  # only its presence is read: check never loads torch
+    assert info() == []
+    (site / "torch" / "version.py").write_text("__version__ = '2.14.0'\n")  # another torch: not built for it
+    assert len(info()) == 1
 
 
 def test_snapshot_round_trips_through_json(site, tmp_path):

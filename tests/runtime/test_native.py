@@ -323,7 +323,7 @@ def test_not_loaded_when_disabled_missing_or_broken(tmp_path, caplog):
     environ = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
     assert native.load({**environ, native.ENV_NATIVE: "0"}) is None
     assert native.load(environ) is None  # not built
-    path = native.artifact_path(environ, native._torch_facts())
+    path = native.artifact_path(environ, native.find_torch_dir())
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a library")
     assert native.load(environ) is None

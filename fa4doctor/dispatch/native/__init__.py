@@ -12,7 +12,7 @@ build), Python and the C++ ABI, so an upgraded torch never loads a stale build. 
 `fa4doctor native build`; without it (or with `FA4DOCTOR_NATIVE=0`) `attention()` is the Python
 function and behaves the same, only slower.
 
->>> artifact_path({"HOME": "/home/u"}).parts[:6]
+>>> artifact_path({"HOME": "/home/u"}, find_torch_dir()).parts[:6]  # the torch on sys.path, not imported
 ('/', 'home', 'u', '.cache', 'fa4doctor', 'native')
 """
 
@@ -22,10 +22,7 @@ import importlib.machinery
 import importlib.util
 import logging
 import os
-import subprocess
 import sys
-import sysconfig
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ from pathlib import Path
 from types import ModuleType
 
 from fa4doctor.probe.cache import default_cache_dir
+from fa4doctor.probe.system import find_torch_dir, read_torch_info  # noqa: F401 (find_torch_dir: the doctest)
 from fa4doctor.records import digest
 
 log = logging.getLogger("fa4doctor.dispatch")
@@ -54,28 +52,41 @@ class BuildResult:
     error: str = ""
 
 
-def _torch_facts() -> dict:
-    import torch
-
-    return {"torch": torch.__version__, "git": torch.version.git_version, "dir": os.path.dirname(torch.__file__),
-            "abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI)}
-
-
-def artifact_path(environ: Mapping[str, str] | None = None, torch_facts: dict | None = None) -> Path:
-    """Where the library for this source, torch and Python lives (it may not exist)."""
-    facts = {"source": digest(SOURCE.read_bytes().decode()), "python": sys.implementation.cache_tag,
-             "platform": sysconfig.get_platform(), **(torch_facts if torch_facts is not None else {})}
+def artifact_path(environ: Mapping[str, str] | None, torch_dir: Path | None) -> Path | None:
+    """Where the library for this source, Python and the torch in `torch_dir` lives, whether or not
+    it exists; None without a torch there. Read without importing torch, so `fa4doctor check` can
+    say whether it is built: torch's `version.py` names its version and commit."""
+    try:
+        version_py = (Path(torch_dir) / "version.py").read_text() if torch_dir is not None else None
+    except OSError:
+        version_py = None
+    if version_py is None:
+        return None
+    # The suffix names the Python ABI and platform (cpython-312-x86_64-linux-gnu).
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    facts = {"source": digest(SOURCE.read_text()), "suffix": suffix, "torch": digest(version_py),
+             "dir": str(Path(torch_dir).resolve())}  # as the import system and sys.path spell it alike
     return default_cache_dir(environ) / "native" / digest(facts, 16) / f"{MODULE}{suffix}"
 
 
-def compile_command(output: Path, torch_facts: dict, environ: Mapping[str, str]) -> tuple[str, ...]:
-    """The compiler call: torch's headers and libraries, C++20 as torch's own extensions build."""
-    torch_dir = Path(torch_facts["dir"])
+def compile_command(output: Path, environ: Mapping[str, str]) -> tuple[str, ...]:
+    """The compiler call: the imported torch's headers, libraries and C++ ABI, C++20 as torch's own
+    extensions build (torch/utils/cpp_extension.py)."""
+    import sysconfig
+
+    import torch
+
+    torch_dir = Path(torch.__file__).parent
     return (environ.get("CXX", "c++"), "-O2", "-std=c++20", "-shared", "-fPIC", "-fvisibility=hidden", "-w",
-            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch_facts['abi'])}", f"-I{torch_dir / 'include'}",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}", f"-I{torch_dir / 'include'}",
             f"-I{sysconfig.get_paths()['include']}", str(SOURCE), "-o", str(output),
             f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_python", f"-Wl,-rpath,{torch_dir / 'lib'}")
+
+
+def _imported_torch_dir() -> Path:
+    import torch
+
+    return Path(torch.__file__).parent
 
 
 def build(environ: Mapping[str, str] | None = None, *, force: bool = False) -> BuildResult:
@@ -84,15 +95,17 @@ def build(environ: Mapping[str, str] | None = None, *, force: bool = False) -> B
     The library is written beside its final name and renamed into place, so a process loading it
     never sees half a file and concurrent builds (one per rank) cannot corrupt it.
     """
+    import subprocess
+    import tempfile
+
     environ = os.environ if environ is None else environ
-    facts = _torch_facts()
-    path = artifact_path(environ, facts)
+    path = artifact_path(environ, _imported_torch_dir())
     if path.exists() and not force:
         return BuildResult(path, True, 0.0, ())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=".build-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
-    command = compile_command(Path(temporary), facts, environ)
+    command = compile_command(Path(temporary), environ)
     start = time.monotonic()
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -120,7 +133,7 @@ def load(environ: Mapping[str, str] | None = None) -> ModuleType | None:
     environ = os.environ if environ is None else environ
     if environ.get(ENV_NATIVE, "").strip() == "0":
         return None
-    path = artifact_path(environ, _torch_facts())
+    path = artifact_path(environ, _imported_torch_dir())
     if not path.exists():
         log.debug("fa4doctor: no compiled hit path at %s (`fa4doctor native build`)", path)
         return None
@@ -149,12 +162,13 @@ class Status:
 def status(environ: Mapping[str, str] | None = None) -> Status:
     """Load the build for this torch (if any) and say what a training process would get."""
     environ = os.environ if environ is None else environ
-    facts = _torch_facts()
-    path = artifact_path(environ, facts)
+    torch_dir = _imported_torch_dir()
+    path = artifact_path(environ, torch_dir)
     error = ""
     if path.exists():
         try:
             _load_file(path)
         except Exception as exc:  # noqa: BLE001
             error = f"{type(exc).__name__}: {exc}"
-    return Status(path, facts["torch"], environ.get(ENV_NATIVE, "").strip() == "0", path.exists(), error)
+    return Status(path, read_torch_info(torch_dir).version or "?", environ.get(ENV_NATIVE, "").strip() == "0",
+                  path.exists(), error)
