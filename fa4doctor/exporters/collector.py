@@ -1,12 +1,12 @@
 """One Prometheus collector over the daemon's latest snapshot.
 
-It yields, in this order: the probe's families (`metrics_env.environment_families(check)`), the
-smoke families (`metrics_smoke.smoke_families(smoke)`), the daemon's own health, and the dispatch
-counters summed from the metrics directory. The report families are built once per new report,
+It yields, in this order: the daemon's own health, the probe's families
+(`metrics_env.environment_families(check)`), the smoke families (`metrics_smoke.smoke_families(smoke)`),
+and the dispatch counters summed from the metrics directory. The report families are built once per new report,
 and all but the dispatch counters once per daemon state (it is replaced whole when a cycle ends);
 `exposition()` keeps their encoded text too, so a scrape reads the metrics directory and encodes
 only its families. A family name that appears twice is kept once (the first), so one faulty
-renderer can never make the scrape invalid.
+renderer can never make the scrape invalid, nor hide the daemon's health.
 
 >>> from prometheus_client import CollectorRegistry
 >>> from fa4doctor.exporters.daemon import DaemonState
@@ -89,16 +89,17 @@ class Collector:
         return static + encoder(Families(dispatch))
 
     def _families(self, state: DaemonState) -> tuple[list[Metric], frozenset[str]]:
-        """The report, smoke and health families of one state, each name once (the first)."""
+        """The health, report and smoke families of one state, each name once: the daemon's own
+        health first, so a renderer's stray family never hides it."""
         with self._cache_lock:
             if self._families_state is state:
                 return self._families_cached
         rendered: dict[str, bool] = {}
-        families: list[Metric] = []
+        reports: list[Metric] = []
         for attr, render in self._renderers.items():
             report_families, rendered[attr] = self._render(attr, render, getattr(state, attr))
-            families.extend(report_families)
-        families.extend(health_families(state, rendered))
+            reports.extend(report_families)
+        families = health_families(state, rendered) + reports
         names: set[str] = set()
         unique: list[Metric] = []
         for family in families:

@@ -20,7 +20,7 @@ def gauge(name, value):
     return [GaugeMetricFamily(name, "doc", value=value)]
 
 
-def test_report_families_come_first_and_duplicates_are_dropped():
+def test_the_daemons_health_wins_a_name_clash_and_no_name_appears_twice():
     calls = []
 
     def render_check(check):
@@ -29,11 +29,12 @@ def test_report_families_come_first_and_duplicates_are_dropped():
 
     state = DaemonState(check=check_report(), probe_up=False)
     registry = registry_for(state, renderers={"check": render_check})
-    # the renderer's stray fa4doctor_probe_up wins (first), never two families of one name
-    assert registry.get_sample_value("fa4doctor_probe_up") == 42
+    # the daemon's own fa4doctor_probe_up (0: probe_up=False) hides the renderer's stray 42
+    assert registry.get_sample_value("fa4doctor_probe_up") == 0
+    assert registry.get_sample_value("fa4doctor_backend_available") == 1
     names = [m.name for m in registry.collect()]
     assert len(names) == len(set(names))
-    assert registry.get_sample_value("fa4doctor_probe_up") == 42
+    assert registry.get_sample_value("fa4doctor_probe_up") == 0
     assert len(calls) == 1, "a report renders once, not on every scrape"
 
 
