@@ -6,9 +6,10 @@ already costs 2.2-5.2 us (docs/validation/h100-bench-lanes). `hit.cpp` serves a 
 remembers without a Python frame or Python objects for shapes and devices; every other call runs
 the Python `attention()` unchanged, which validates, decides and tells `hit.cpp` the plan.
 
-It is built against the installed torch's headers with the system C++ compiler, into
-`$XDG_CACHE_HOME/fa4doctor/native/<tag>/`, where the tag covers the source, torch (version and
-build), Python and the C++ ABI, so an upgraded torch never loads a stale build. Build it with
+It is built against the imported torch's headers, libraries and C++ ABI with the system C++
+compiler, into `$XDG_CACHE_HOME/fa4doctor/native/<tag>/`, where the tag covers the source, torch's
+`version.py` (its version and commit) and folder, and Python's extension suffix, so an upgraded
+torch never loads a stale build (a build that fails to load is logged and skipped). Build it with
 `fa4doctor native build`; without it (or with `FA4DOCTOR_NATIVE=0`) `attention()` is the Python
 function and behaves the same, only slower.
 
