@@ -200,7 +200,7 @@ def main() -> None:
 
         def refresh():  # the compiled path keeps the run it was told: forget it, one call re-tells it
             if runtime._native is not None:
-                runtime._native.forget()
+                runtime._forget_native()
                 dispatched(q, k, v)
 
         def beside(q, k, v):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from typing import Any, Callable, TypeVar
 
 import click
@@ -17,7 +18,7 @@ import click
 from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS, EXIT_TOOL_FAILED, EXIT_USAGE
 
 __all__ = ["BACKENDS", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_TOOL_FAILED", "EXIT_USAGE", "SMOKE_LEVELS",
-           "handle_errors", "load_env_option", "usage_errors"]
+           "handle_errors", "load_env_option", "progress_printer", "usage_errors"]
 
 # The levels of fa4doctor.probe.smoke.cases.LEVELS and the values of dispatch.reasons.BackendName,
 # repeated here so `--help` loads neither (tests/cli/test_check.py and tests/smoke/test_cases.py
@@ -72,3 +73,27 @@ def handle_errors(function: F) -> F:
             sys.exit(EXIT_TOOL_FAILED)
 
     return wrapper  # type: ignore[return-value]
+
+
+def progress_printer(lines: bool):
+    """A bar on a terminal; with --json or elsewhere (logs, the daemon) a line on stderr per
+    failure and one every 10 s."""
+    if lines or not sys.stderr.isatty():
+        last = [time.monotonic()]
+
+        def log(event) -> None:
+            failed = event.result is not None and event.result.failed
+            if failed or time.monotonic() - last[0] >= 10:
+                last[0] = time.monotonic()
+                click.echo(str(event), err=True)
+        return log, None
+    from rich.console import Console
+    from rich.progress import Progress
+
+    bar = Progress(console=Console(stderr=True), transient=True)
+    task = bar.add_task("smoke: starting", total=None)
+
+    def update(event) -> None:
+        bar.update(task, completed=event.done, total=event.total,
+                   description=f"smoke {event.phase}" + (f" {event.result.case}" if event.result else ""))
+    return update, bar

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from fa4doctor.cli._common import BACKENDS, SMOKE_LEVELS, handle_errors
+from fa4doctor.cli._common import BACKENDS, SMOKE_LEVELS, handle_errors, progress_printer
 
 
 def _prom_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -97,7 +97,6 @@ def _start_gpu_probe(nvml_replay: Path | None):
 
 
 def _run_smoke(env, level: str, ledger: Path | None, quiet: bool):
-    from fa4doctor.cli.smoke import progress_printer
     from fa4doctor.probe.smoke import run_smoke  # its children import torch; this process never does
 
     progress = progress_printer(lines=True)[0] if not quiet else None  # a line per failure, and every 10 s

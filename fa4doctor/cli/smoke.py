@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
-import time
 from pathlib import Path
 
 import click
 
-from fa4doctor.cli._common import BACKENDS, EXIT_OK, EXIT_PROBLEMS, SMOKE_LEVELS, handle_errors, load_env_option
+from fa4doctor.cli._common import (BACKENDS, EXIT_OK, EXIT_PROBLEMS, SMOKE_LEVELS, handle_errors, load_env_option,
+                                   progress_printer)
 
 EPILOG = """\b
 Examples:
@@ -24,30 +23,6 @@ Exit status: 0 every case passed; 3 a case failed (or nothing could run); 2 bad 
 1 fa4doctor failed. Results go to the vetting ledger ($FA4DOCTOR_LEDGER, else
 $XDG_STATE_HOME/fa4doctor/ledger.json) unless --no-record.
 """
-
-
-def progress_printer(lines: bool):
-    """A bar on a terminal; with --json or elsewhere (logs, the daemon) a line on stderr per
-    failure and one every 10 s."""
-    if lines or not sys.stderr.isatty():
-        last = [time.monotonic()]
-
-        def log(event) -> None:
-            failed = event.result is not None and event.result.failed
-            if failed or time.monotonic() - last[0] >= 10:
-                last[0] = time.monotonic()
-                click.echo(str(event), err=True)
-        return log, None
-    from rich.console import Console
-    from rich.progress import Progress
-
-    bar = Progress(console=Console(stderr=True), transient=True)
-    task = bar.add_task("smoke: starting", total=None)
-
-    def update(event) -> None:
-        bar.update(task, completed=event.done, total=event.total,
-                   description=f"smoke {event.phase}" + (f" {event.result.case}" if event.result else ""))
-    return update, bar
 
 
 def _environment(env_file: Path | None, ledger: Path | None):

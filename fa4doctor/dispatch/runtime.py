@@ -59,8 +59,7 @@ class Plan:
 _plans: dict[Any, Plan] = {}
 _logged: set[Decision] = set()
 _native = None  # the compiled hit path's module, once `use_native` has it
-_remember: Callable[..., bool] | None = None  # its `remember`
-_forget_native: Callable[[], None] = lambda: None  # noqa: E731
+_remember: Callable[..., bool] | None = None  # its `remember`, bound once for the Python hit path
 
 
 def _tensor_key(t: Any) -> Any:
@@ -210,6 +209,11 @@ def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:
     return _execute(run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
 
 
+def _forget_native() -> None:
+    if _native is not None:
+        _native.forget()
+
+
 def _forget_plans() -> None:
     _plans.clear()
     _forget_native()
@@ -225,13 +229,13 @@ def reset() -> None:
 def use_native(module) -> Callable[..., torch.Tensor]:
     """Route the hit path through `module` (a loaded `dispatch/native` build), or stop (None);
     returns the `attention` callable that goes with it. Plans are kept; entries start empty."""
-    global _native, _remember, _forget_native
+    global _native, _remember
     _forget_native()
     if module is None or not isinstance(_ENV_DATA, dict):
-        _native, _remember, _forget_native = None, None, lambda: None
+        _native = _remember = None
         return python_attention
     module.configure(python_attention, _ENV_DATA, (_ENV_B, _ENV_D, _ENV_S))
-    _native, _remember, _forget_native = module, module.remember, module.forget
+    _native, _remember = module, module.remember
     return module.attention
 
 

@@ -43,16 +43,16 @@ class Collector:
     `exposition()` is what `/metrics` serves (the same bytes, most of them cached per state).
 
     Seams: `renderers` maps a state attribute to a function `dict -> list[Metric]`
-    (production default: the probe's and smoke's metric modules, imported when present).
+    (production default: `RENDERERS`, the probe's and smoke's metric modules).
     """
 
     def __init__(self, state: Callable[[], DaemonState], *, metrics_dir: str | None = None,
                  metrics_lock: threading.Lock | None = None,
-                 renderers: dict[str, Callable[[dict], list[Metric]] | None] | None = None):
+                 renderers: dict[str, Callable[[dict], list[Metric]]] | None = None):
         self._state = state
         self._reader = multiproc.CounterReader(metrics_dir) if metrics_dir else None
         self._metrics_lock = metrics_lock
-        self._renderers = dict(RENDERERS) if renderers is None else renderers
+        self._renderers = RENDERERS if renderers is None else renderers
         self._cache: dict[str, tuple[dict, list[Metric], bool]] = {}
         self._cache_lock = threading.Lock()
         self._families_state: DaemonState | None = None
@@ -112,7 +112,7 @@ class Collector:
         return result
 
     def _render(self, attr: str, render: Any, report: dict | None) -> tuple[list[Metric], bool]:
-        if report is None or render is None:
+        if report is None:
             return [], False
         with self._cache_lock:
             cached = self._cache.get(attr)

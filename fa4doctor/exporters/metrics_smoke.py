@@ -17,7 +17,7 @@ from __future__ import annotations
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from fa4doctor.exporters.metrics_env import GPU_LABELS, gpu_labels
-from fa4doctor.probe.smoke.report import OUTCOMES
+from fa4doctor.probe.smoke.report import OUTCOMES, failed
 
 PHASES = ("import", "compile", "run", "total")
 LABELS = ["backend", *GPU_LABELS]
@@ -58,7 +58,7 @@ def smoke_families(smoke: dict) -> list[Metric]:
         for outcome, count in counts.items():
             cases.add_metric(labels + [outcome], count)
         ran = [c for c in group if c.get("outcome") != "skipped"]
-        success.add_metric(labels, float(bool(ran) and all(c.get("outcome") == "pass" for c in ran)))
+        success.add_metric(labels, float(bool(ran) and not any(failed(c.get("outcome")) for c in ran)))
         for phase in ("compile", "run"):
             seconds.add_metric(labels + [phase], sum(c.get(f"{phase}_seconds") or 0.0 for c in group))
         if smoke.get("finished_at") is not None:

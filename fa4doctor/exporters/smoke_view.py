@@ -50,7 +50,7 @@ def summary_table(smoke: dict) -> Table:
     for (backend, gpu), group in groups.items():
         passed = sum(c["outcome"] == "pass" for c in group)
         skipped = sum(c["outcome"] == "skipped" for c in group)
-        bad = len(group) - passed - skipped
+        bad = sum(failed(c["outcome"]) for c in group)
         table.add_row(backend, "" if gpu is None else str(gpu), str(len(group)), str(passed),
                       f"[{'bold red' if bad else 'green'}]{bad}[/]", str(skipped))
     return table

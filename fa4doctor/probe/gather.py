@@ -129,7 +129,7 @@ def _native_built(environ: Mapping[str, str], path: list[str] | None) -> bool | 
     """Whether a training process here gets attention()'s compiled hit path (None: no torch, or off)."""
     from fa4doctor.dispatch import native
 
-    if environ.get(native.ENV_NATIVE, "").strip() == "0":
+    if native.disabled(environ):
         return None
     built = native.artifact_path(environ, find_torch_dir(path))
     return None if built is None else built.exists()

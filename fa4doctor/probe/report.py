@@ -11,7 +11,6 @@ is the `fa4doctor.check` contract (schema_version 1) that the daemon and `explai
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS
@@ -20,6 +19,7 @@ from fa4doctor.dispatch.policy import Policy
 from fa4doctor.dispatch.reasons import BackendName, decision_to_plain
 from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
+from fa4doctor.dispatch.versions import parse
 from fa4doctor.environment import Environment, GpuFacts
 from fa4doctor.probe.default_specs import DEFAULT_SPECS
 
@@ -60,7 +60,8 @@ def _install_fix(code: str, backend: BackendName) -> str | None:
     """pip's command for the expected backend, from its own data (name, recommended version)."""
     cls = BY_NAME[backend]
     name, want = cls.DISTRIBUTIONS[0], cls.RECOMMENDED_VERSION or cls.MIN_VERSION
-    pre = "--pre " if want and re.search(r"[a-z]", want) else ""  # FA4 ships only pre-releases
+    version = parse(want)
+    pre = "--pre " if version is not None and version.is_prerelease else ""  # FA4 ships only pre-releases
     if code == "version_too_old":
         return f"pip install {pre}-U {name}"
     if code == "not_installed":

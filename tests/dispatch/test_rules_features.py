@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fa4doctor.dispatch.backends import BY_NAME
-from fa4doctor.dispatch.backends.base import _FEATURES
+from fa4doctor.dispatch.backends.base import FEATURE_FLAGS
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
 from fa4doctor.dispatch.spec import AttentionSpec
 
@@ -21,7 +21,7 @@ USES = {
     "deterministic": dict(deterministic=True),
 }
 HOME = {B.FA4: (10, 0), B.FA3: (9, 0), B.FA2: (9, 0), B.SDPA: (9, 0)}  # where each runs everything it can
-CODE = {feature: code for feature, _, code in _FEATURES}
+CODE = {feature: code for feature, _, code in FEATURE_FLAGS}
 
 
 def test_every_feature_has_a_spec():

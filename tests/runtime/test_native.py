@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from fa4doctor.dispatch import inputs, metrics, native, runtime
 from fa4doctor.dispatch.adapters import fa4 as fa4_adapter
 from fa4doctor.dispatch.reasons import DispatchError
+from fa4doctor.probe.system import find_torch_dir
 
 
 @pytest.fixture(scope="session")
@@ -323,7 +324,7 @@ def test_not_loaded_when_disabled_missing_or_broken(tmp_path, caplog):
     environ = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
     assert native.load({**environ, native.ENV_NATIVE: "0"}) is None
     assert native.load(environ) is None  # not built
-    path = native.artifact_path(environ, native.find_torch_dir())
+    path = native.artifact_path(environ, find_torch_dir())
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not a library")
     assert native.load(environ) is None

@@ -42,7 +42,7 @@ def test_a_failing_renderer_is_reported_not_raised():
     def boom(report):
         raise KeyError("environment")
 
-    registry = registry_for(DaemonState(check=check_report()), renderers={"check": boom, "smoke": None})
+    registry = registry_for(DaemonState(check=check_report()), renderers={"check": boom, "smoke": lambda smoke: []})
     assert registry.get_sample_value("fa4doctor_serve_report_rendered", {"report": "check"}) == 0
     assert registry.get_sample_value("fa4doctor_serve_report_rendered", {"report": "smoke"}) == 0
     assert registry.get_sample_value("fa4doctor_probe_up") == 0

@@ -19,7 +19,7 @@ from fa4doctor.environment import USABLE_IMPORTS, Environment, GpuFacts
 R = ReasonCode
 
 # Feature flags a spec can ask for, with the reason code that refuses each one.
-_FEATURES: tuple[tuple[str, str, ReasonCode], ...] = (
+FEATURE_FLAGS: tuple[tuple[str, str, ReasonCode], ...] = (
     ("dropout", "dropout", R.DROPOUT_UNSUPPORTED),
     ("alibi", "ALiBi", R.ALIBI_UNSUPPORTED),
     ("bias", "an additive bias", R.BIAS_UNSUPPORTED),
@@ -171,7 +171,7 @@ class Backend:
     @classmethod
     def feature_reasons(cls, spec: AttentionSpec, env: Environment) -> list[Reason]:
         reasons = []
-        for feature, words, code in _FEATURES:
+        for feature, words, code in FEATURE_FLAGS:
             if not _uses(spec, feature):
                 continue
             minimum = cls.FEATURES.get(feature)

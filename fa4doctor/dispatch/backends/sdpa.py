@@ -9,7 +9,7 @@ in torch's `sdp_utils.cpp` (`can_use_flash_attention`, `can_use_efficient_attent
 
 from __future__ import annotations
 
-from fa4doctor.dispatch.backends.base import _FEATURES, Backend, R, cc_text
+from fa4doctor.dispatch.backends.base import FEATURE_FLAGS, Backend, R, cc_text
 from fa4doctor.dispatch.reasons import BackendName, Reason
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
 from fa4doctor.environment import Environment
@@ -22,7 +22,7 @@ class SDPA(Backend):
     DISTRIBUTIONS = ("torch",)
     NEEDS_CUDA = False
     DTYPES = frozenset(Dtype)
-    FEATURES = {feature: "" for feature, _, _ in _FEATURES}  # every one, at every version
+    FEATURES = {feature: "" for feature, _, _ in FEATURE_FLAGS}  # every one, at every version
     ARBITRARY_MASK = True
     BOTTOM_RIGHT_CAUSAL = False  # the adapter builds whichever diagonal the spec asks for
     LEDGER_BLOCKS = False  # the last resort: a smoke failure is shown as an advisory instead

@@ -1,8 +1,9 @@
 """The compiled hit path of `attention()`: build it once per torch, load it when it is there.
 
-`attention()` in Python costs ~1.5 us per call on a 2-core CPU VM and 4.5-9 us beside a tiny FA4
+`attention()` in Python adds 1.95 us per call on a 2-core CPU VM
+(docs/validation/cpu-vm/bench-dispatch-native-and-python.txt) and 4.49-9.25 us beside a tiny FA4
 call on the lent H100, where reading q, k and v's attributes alone, right after FA4's launch path,
-already costs 2.2-5.2 us (docs/validation/h100-bench-lanes). `hit.cpp` serves a call whose key it
+already costs 2.23-5.15 us (docs/validation/h100-bench-lanes). `hit.cpp` serves a call whose key it
 remembers without a Python frame or Python objects for shapes and devices; every other call runs
 the Python `attention()` unchanged, which validates, decides and tells `hit.cpp` the plan.
 
@@ -13,7 +14,8 @@ torch never loads a stale build (a build that fails to load is logged and skippe
 `fa4doctor native build`; without it (or with `FA4DOCTOR_NATIVE=0`) `attention()` is the Python
 function and behaves the same, only slower.
 
->>> artifact_path({"HOME": "/home/u"}, find_torch_dir()).parts[:6]  # the torch on sys.path, not imported
+>>> from fa4doctor.probe.system import find_torch_dir  # the torch on sys.path, not imported
+>>> artifact_path({"HOME": "/home/u"}, find_torch_dir()).parts[:6]
 ('/', 'home', 'u', '.cache', 'fa4doctor', 'native')
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import logging
 import os
 import sys
 import time
@@ -31,10 +32,9 @@ from pathlib import Path
 from types import ModuleType
 
 from fa4doctor.probe.cache import default_cache_dir
-from fa4doctor.probe.system import find_torch_dir, read_torch_info  # noqa: F401 (find_torch_dir: the doctest)
+from fa4doctor.probe.system import read_torch_info
 from fa4doctor.records import digest
 
-log = logging.getLogger("fa4doctor.dispatch")
 ENV_NATIVE = "FA4DOCTOR_NATIVE"  # "0": never load the compiled hit path
 MODULE = "fa4doctor_native_hit"  # hit.cpp's PyInit_<name>
 SOURCE = Path(__file__).with_name("hit.cpp")
@@ -129,10 +129,17 @@ def _load_file(path: Path) -> ModuleType:
     return module
 
 
+def disabled(environ: Mapping[str, str]) -> bool:
+    return environ.get(ENV_NATIVE, "").strip() == "0"
+
+
 def load(environ: Mapping[str, str] | None = None) -> ModuleType | None:
     """The built module for this torch, or None (not built, disabled, or failing to load)."""
+    import logging  # here, not at the top: `fa4doctor check` reads `artifact_path` without it
+
+    log = logging.getLogger("fa4doctor.dispatch")
     environ = os.environ if environ is None else environ
-    if environ.get(ENV_NATIVE, "").strip() == "0":
+    if disabled(environ):
         return None
     path = artifact_path(environ, _imported_torch_dir())
     if not path.exists():
@@ -171,5 +178,5 @@ def status(environ: Mapping[str, str] | None = None) -> Status:
             _load_file(path)
         except Exception as exc:  # noqa: BLE001
             error = f"{type(exc).__name__}: {exc}"
-    return Status(path, read_torch_info(torch_dir).version or "?", environ.get(ENV_NATIVE, "").strip() == "0",
+    return Status(path, read_torch_info(torch_dir).version or "?", disabled(environ),
                   path.exists(), error)
