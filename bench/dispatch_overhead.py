@@ -48,7 +48,7 @@ def exact_call(backend: str, plan):
     if backend == "fa4":
         from flash_attn.cute import flash_attn_func
 
-        from fa4doctor.dispatch.adapters.fa4 import call_kwargs
+        from fa4doctor.runtime.adapters.fa4 import call_kwargs
 
         kw = call_kwargs(plan.spec, plan.scale)
         assert set(kw) == set(FA4_DEFAULTS), f"adapter keywords changed: {sorted(kw)}"
@@ -57,7 +57,7 @@ def exact_call(backend: str, plan):
                                                softcap=cap, num_splits=1, deterministic=det)[0]
     import torch.nn.functional as F
 
-    from fa4doctor.dispatch.adapters.sdpa import fast_kwargs
+    from fa4doctor.runtime.adapters.sdpa import fast_kwargs
 
     kw = fast_kwargs(plan.spec, plan.scale)
     assert kw is not None, "this spec takes SDPA's slow path; the bench times the fast one"
@@ -71,7 +71,7 @@ def default_call(backend: str, plan):
         return None, []
     from flash_attn.cute import flash_attn_func
 
-    from fa4doctor.dispatch.adapters.fa4 import call_kwargs
+    from fa4doctor.runtime.adapters.fa4 import call_kwargs
 
     kw = call_kwargs(plan.spec, plan.scale)
     given = {"causal": kw["causal"], "window_size": kw["window_size"], "num_splits": 1}
@@ -95,7 +95,7 @@ def block(fn, args, calls: int, sync) -> float:
 
 
 def only_plan():
-    from fa4doctor.dispatch import runtime
+    from fa4doctor.runtime import dispatcher as runtime
 
     plans = list(runtime._plans.values())
     assert len(plans) == 1, f"expected one cached plan, found {len(plans)}"
@@ -179,7 +179,8 @@ def main() -> None:
 
     import torch
 
-    from fa4doctor.dispatch import attention, runtime
+    from fa4doctor.dispatch import attention
+    from fa4doctor.runtime import dispatcher as runtime
 
     global GRAD_ENABLED
     GRAD_ENABLED = torch.is_grad_enabled

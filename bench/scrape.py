@@ -35,7 +35,7 @@ from pathlib import Path
 
 from prometheus_client.mmap_dict import MmapedDict
 
-from fa4doctor.dispatch.metrics import calls_key, fallbacks_key
+from fa4doctor.runtime.counters import calls_key, fallbacks_key
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,9 +114,9 @@ def in_process_breakdown(metrics: Path, check: Path, n: int) -> list[tuple[str, 
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-    from fa4doctor.exporters.collector import Collector
+    from fa4doctor.serve.collector import Collector
     from fa4doctor.exporters.textfile import Families
-    from fa4doctor.exporters.daemon import DaemonState
+    from fa4doctor.serve.daemon import DaemonState
 
     state = DaemonState(ready=True, check=json.loads(check.read_text()), probe_up=True)
     collector = Collector(lambda: state, metrics_dir=str(metrics))

@@ -13,7 +13,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.environment import (BackendInstall, DriverInfo, Environment, GpuFacts, ImportStatus, JitCache,
                                    Package, TorchInfo)
 

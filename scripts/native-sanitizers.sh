@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The compiled hit path under AddressSanitizer and UndefinedBehaviorSanitizer: builds
-# fa4doctor/dispatch/native/hit.cpp with both into a temporary cache, then runs every runtime test
+# fa4doctor/runtime/native/hit.cpp with both into a temporary cache, then runs every runtime test
 # through it (gcc's libasan and libubsan preloaded into Python). Any report fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,7 @@ cache=$(mktemp -d)
 trap 'rm -rf "$cache"' EXIT
 XDG_CACHE_HOME=$cache python3 - <<'PY'
 import os, subprocess
-from fa4doctor.dispatch import native
+from fa4doctor.runtime import native
 
 environ = {"XDG_CACHE_HOME": os.environ["XDG_CACHE_HOME"]}
 path = native.artifact_path(environ, native._imported_torch_dir())

@@ -19,7 +19,7 @@ set -e
 if [ "$status" -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi
 [ "$status" -eq 0 ] || exit "$status"
 # Second pass: the runtime tests again, with attention() being the compiled hit path
-# (fa4doctor/dispatch/native), so every runtime behaviour is also proven through it.
+# (fa4doctor/runtime/native), so every runtime behaviour is also proven through it.
 native_cache=$(mktemp -d)
 trap 'rm -rf "$native_cache"' EXIT
 if XDG_CACHE_HOME=$native_cache python3 -m fa4doctor native build; then

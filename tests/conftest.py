@@ -32,18 +32,18 @@ def _fresh_dispatch_state(monkeypatch):
 
 @pytest.fixture(scope="session")
 def native_build(tmp_path_factory) -> dict[str, str]:
-    """An environ whose cache holds a build of dispatch/native/hit.cpp for this torch (built once)."""
+    """An environ whose cache holds a build of runtime/native/hit.cpp for this torch (built once)."""
     import shutil
     import sysconfig
     from pathlib import Path
 
-    from fa4doctor.dispatch import native
+    from fa4doctor.runtime import native
 
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
-        pytest.skip(f"no C++ compiler ({compiler}) to build dispatch/native/hit.cpp")
+        pytest.skip(f"no C++ compiler ({compiler}) to build runtime/native/hit.cpp")
     if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
-        pytest.skip("no Python.h (the python3-dev headers) to build dispatch/native/hit.cpp")
+        pytest.skip("no Python.h (the python3-dev headers) to build runtime/native/hit.cpp")
     # In the native pass, the build that pass runs everything through (scripts/test.sh made it).
     cache = os.environ.get("FA4DOCTOR_NATIVE_SUITE") or str(tmp_path_factory.mktemp("xdg"))
     environ = {"HOME": os.environ.get("HOME", "/"), "XDG_CACHE_HOME": cache}

@@ -29,8 +29,8 @@ def test_the_public_modules_have_examples():
     finder = doctest.DocTestFinder()
     with_examples = {name for name in MODULES if any(
         _checked(example) for test in finder.find(importlib.import_module(name)) for example in test.examples)}
-    for name in ("fa4doctor.dispatch.runtime", "fa4doctor.dispatch.selection", "fa4doctor.probe.gather",
-                 "fa4doctor.probe.smoke.runner", "fa4doctor.exporters.server", "fa4doctor.dispatch.spec",
+    for name in ("fa4doctor.runtime.dispatcher", "fa4doctor.dispatch.selection", "fa4doctor.probe.gather",
+                 "fa4doctor.smoke.runner", "fa4doctor.serve.server", "fa4doctor.dispatch.spec",
                  "fa4doctor.dispatch.reasons", "fa4doctor.dispatch.semantics", "fa4doctor.dispatch.versions",
                  "fa4doctor.dispatch.policy", "fa4doctor.dispatch.vetting", "fa4doctor.dispatch.backends.sdpa",
                  "fa4doctor.exporters.explain_view"):

@@ -20,7 +20,7 @@ from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS, EXIT_TOOL_FAILED, EXIT_
 __all__ = ["BACKENDS", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_TOOL_FAILED", "EXIT_USAGE", "SMOKE_LEVELS",
            "handle_errors", "load_env_option", "progress_printer", "usage_errors"]
 
-# The levels of fa4doctor.probe.smoke.cases.LEVELS and the values of dispatch.reasons.BackendName,
+# The levels of fa4doctor.smoke.cases.LEVELS and the values of dispatch.reasons.BackendName,
 # repeated here so `--help` loads neither (tests/cli/test_check.py and tests/smoke/test_cases.py
 # hold them equal).
 SMOKE_LEVELS = ("quick", "standard", "thorough")

@@ -58,11 +58,11 @@ def check(as_json: bool, textfile: Path | None, spec_files: tuple[Path, ...], ex
     started = time.perf_counter()
     gpu_probe = _start_gpu_probe(nvml_replay)  # first: NVML's driver time overlaps everything below
     from fa4doctor.dispatch.policy import Policy
-    from fa4doctor.dispatch.reasons import BackendName
+    from fa4doctor.names import BackendName
     from fa4doctor.dispatch.spec import load_specs
-    from fa4doctor.probe.default_specs import DEFAULT_SPECS
+    from fa4doctor.dispatch.default_specs import DEFAULT_SPECS
     from fa4doctor.probe.gather import gather
-    from fa4doctor.probe.report import build_report
+    from fa4doctor.dispatch.report import build_report
 
     specs = list(DEFAULT_SPECS) + [named for path in spec_files for named in load_specs(path)]
     policy = Policy.from_env()
@@ -97,7 +97,7 @@ def _start_gpu_probe(nvml_replay: Path | None):
 
 
 def _run_smoke(env, level: str, ledger: Path | None, quiet: bool):
-    from fa4doctor.probe.smoke import run_smoke  # its children import torch; this process never does
+    from fa4doctor.smoke import run_smoke  # its children import torch; this process never does
 
     progress = progress_printer(lines=True)[0] if not quiet else None  # a line per failure, and every 10 s
     result = run_smoke(env, level=level, progress=progress, ledger_path=ledger)

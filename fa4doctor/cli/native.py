@@ -32,10 +32,10 @@ def build(force: bool, as_json: bool) -> None:
 
     Exit status: 0 built (or already there), 1 the compiler failed (its output is printed).
     """
-    from fa4doctor.dispatch import native as hit_path
+    from fa4doctor.runtime import native as hit_path
 
     if not as_json:
-        click.echo("compiling fa4doctor/dispatch/native/hit.cpp against the installed torch ...", err=True)
+        click.echo("compiling fa4doctor/runtime/native/hit.cpp against the installed torch ...", err=True)
     result = hit_path.build(force=force)
     if as_json:
         click.echo(json.dumps({"ok": result.ok, "path": str(result.path), "seconds": round(result.seconds, 2),
@@ -59,7 +59,7 @@ def status(as_json: bool) -> None:
 
     Exit status: 0 it does, 3 it does not (not built, disabled, or the build does not load).
     """
-    from fa4doctor.dispatch import native as hit_path
+    from fa4doctor.runtime import native as hit_path
 
     found = hit_path.status()
     if as_json:

@@ -11,8 +11,8 @@ import threading
 import click
 
 from fa4doctor.cli._common import handle_errors
-from fa4doctor.exporters.daemon import SMOKE_LEVELS, ServeConfig
-from fa4doctor.exporters.server import DEFAULT_PORT
+from fa4doctor.serve.daemon import SMOKE_LEVELS, ServeConfig
+from fa4doctor.serve.server import DEFAULT_PORT
 
 DEFAULTS = ServeConfig()  # one set of defaults for the flags and the daemon
 
@@ -55,9 +55,9 @@ def serve(host: str, port: int, interval: float, smoke_interval: float, smoke_le
     Example:
       FA4DOCTOR_METRICS_DIR=/var/lib/fa4doctor/metrics fa4doctor serve --port 9847
     """
-    from fa4doctor.exporters.collector import Collector
-    from fa4doctor.exporters.daemon import Daemon
-    from fa4doctor.exporters.server import make_server
+    from fa4doctor.serve.collector import Collector
+    from fa4doctor.serve.daemon import Daemon
+    from fa4doctor.serve.server import make_server
 
     if metrics_dir:
         try:

@@ -57,10 +57,10 @@ def _environment(env_file: Path | None, ledger: Path | None):
 def smoke(level, backends, gpus, spec_file, head_dims, timeout, jobs, as_json, ledger, no_record,
           env_file, device) -> None:
     """Prove each backend on this node: forward and backward against a float64 reference."""
-    from fa4doctor.dispatch.reasons import BackendName
+    from fa4doctor.names import BackendName
     from fa4doctor.dispatch.spec import load_specs
-    from fa4doctor.probe.smoke.cases import parse_head_dims
-    from fa4doctor.probe.smoke.runner import run_smoke
+    from fa4doctor.smoke.cases import parse_head_dims
+    from fa4doctor.smoke.runner import run_smoke
 
     extra = [spec for _, spec in load_specs(spec_file)] if spec_file else []
     dims = parse_head_dims(head_dims) if head_dims else ()

@@ -27,7 +27,7 @@ _EXPORTS = {
     "Policy": "fa4doctor.dispatch.policy",
     "select": "fa4doctor.dispatch.selection",
     "decide": "fa4doctor.dispatch.selection",
-    "attention": "fa4doctor.dispatch.runtime",
+    "attention": "fa4doctor.runtime.dispatcher",
 }
 
 __all__ = sorted(_EXPORTS)

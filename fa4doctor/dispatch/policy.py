@@ -9,7 +9,7 @@ True
 >>> Policy.from_env({"FA4DOCTOR_BACKEND": "fa5"})
 Traceback (most recent call last):
 ...
-fa4doctor.dispatch.reasons.PolicyError: FA4DOCTOR_BACKEND: unknown backend 'fa5' (valid: fa4, fa3, fa2, sdpa)
+fa4doctor.names.PolicyError: FA4DOCTOR_BACKEND: unknown backend 'fa5' (valid: fa4, fa3, fa2, sdpa)
 """
 
 from __future__ import annotations

@@ -15,23 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from fa4doctor.names import BackendName, DispatchError, PolicyError  # noqa: F401 (re-exported)
 from fa4doctor.records import to_plain
-
-
-class BackendName(StrEnum):
-    FA4 = "fa4"
-    FA3 = "fa3"
-    FA2 = "fa2"
-    SDPA = "sdpa"
-
-    @classmethod
-    def parse(cls, value: str, what: str = "backend") -> BackendName:
-        """Accepts any case (`FA4`, `fa4`); unknown names fail with the valid ones."""
-        try:
-            return cls(str(value).strip().lower())
-        except ValueError:
-            raise PolicyError(f"{what}: unknown backend {value!r} (valid: "
-                              f"{', '.join(m.value for m in cls)})") from None
 
 
 class ReasonCode(StrEnum):
@@ -114,14 +99,6 @@ class Decision:
         """The first reason of the preferred backend: the `reason` label of a fallback."""
         found = self.reasons_for(self.preferred)
         return found[0].code if self.fell_back and found else None
-
-
-class DispatchError(RuntimeError):
-    """Base of the dispatcher's refusals; each carries the decision that caused it."""
-
-
-class PolicyError(DispatchError, ValueError):
-    """A policy setting (`FA4DOCTOR_BACKEND`, `FA4DOCTOR_DISABLE`, ...) that names nothing valid."""
 
 
 def _table(decision: Decision) -> str:

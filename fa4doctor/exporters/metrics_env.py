@@ -6,7 +6,7 @@ backend names, spec names, `gpu` (the NVML index, as dcgm-exporter uses it) and 
 `fa4doctor_probe_up` is not emitted here: whoever ran the probe knows whether it ran.
 
 >>> from fa4doctor.environment import Environment
->>> from fa4doctor.probe.report import build_report
+>>> from fa4doctor.dispatch.report import build_report
 >>> names = [f.name for f in environment_families(build_report(Environment()))]
 >>> "fa4doctor_nvml_up" in names and "fa4doctor_backend_eligible" in names
 True

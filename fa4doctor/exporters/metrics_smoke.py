@@ -17,7 +17,7 @@ from __future__ import annotations
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from fa4doctor.exporters.metrics_env import GPU_LABELS, gpu_labels
-from fa4doctor.probe.smoke.report import OUTCOMES, failed
+from fa4doctor.smoke.report import OUTCOMES, failed
 
 PHASES = ("import", "compile", "run", "total")
 LABELS = ["backend", *GPU_LABELS]

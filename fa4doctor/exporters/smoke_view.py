@@ -7,7 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fa4doctor.probe.smoke.report import failed
+from fa4doctor.smoke.report import failed
 
 _STYLE = {"pass": "green", "skipped": "dim", "wrong_result": "bold red", "crash": "bold red",
           "timeout": "red", "oom": "yellow", "refused": "yellow", "compile_failed": "red"}

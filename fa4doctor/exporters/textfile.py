@@ -4,7 +4,7 @@ atomically through `prometheus_client.write_to_textfile` (temp file + rename; ec
 
 >>> import os, tempfile
 >>> from fa4doctor.environment import Environment
->>> from fa4doctor.probe.report import build_report
+>>> from fa4doctor.dispatch.report import build_report
 >>> path = os.path.join(tempfile.mkdtemp(), "fa4doctor.prom")
 >>> _ = write_check_textfile(build_report(Environment()), path)
 >>> "fa4doctor_probe_up 1.0" in open(path).read()

@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.environment import Environment, Finding, ImportStatus
-from fa4doctor.probe import imports, problems
+from fa4doctor.probe import imports, native_build, problems
 from fa4doctor.probe.bytecode import missing_bytecode
 from fa4doctor.probe.cache import default_cache_dir
 from fa4doctor.probe.gpus import GpuProbe
@@ -127,9 +127,7 @@ def gather_environment(*, nvml: NvmlSource | None = None, check_imports: bool = 
 
 def _native_built(environ: Mapping[str, str], path: list[str] | None) -> bool | None:
     """Whether a training process here gets attention()'s compiled hit path (None: no torch, or off)."""
-    from fa4doctor.dispatch import native
-
-    if native.disabled(environ):
+    if native_build.disabled(environ):
         return None
-    built = native.artifact_path(environ, find_torch_dir(path))
+    built = native_build.artifact_path(environ, find_torch_dir(path))
     return None if built is None else built.exists()

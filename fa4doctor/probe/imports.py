@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.environment import ImportStatus
 from fa4doctor.probe import cache
 from fa4doctor.records import digest, from_plain, to_plain

@@ -24,9 +24,7 @@ from dataclasses import astuple, dataclass
 from email.parser import HeaderParser
 from pathlib import Path
 
-from fa4doctor.dispatch.backends import PRIORITY
-from fa4doctor.dispatch.backends.fa4 import FA4
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import DISTRIBUTIONS, OBSOLETE_DISTRIBUTIONS, BackendName
 from fa4doctor.environment import BackendInstall, ImportStatus, Package
 from fa4doctor.probe import cache
 from fa4doctor.records import digest
@@ -39,9 +37,9 @@ def canonicalize_name(name: str) -> str:
 
 # Distributions that can provide each backend, best first: the backends' own lists (in PEP 503 form).
 PROVIDERS: dict[BackendName, tuple[str, ...]] = {
-    b.NAME: tuple(dict.fromkeys(canonicalize_name(d) for d in (*b.DISTRIBUTIONS, *b.OBSOLETE_DISTRIBUTIONS)))
-    for b in PRIORITY}
-OBSOLETE_FA4_NAMES = FA4.OBSOLETE_DISTRIBUTIONS
+    name: tuple(dict.fromkeys(canonicalize_name(d) for d in (*found, *OBSOLETE_DISTRIBUTIONS.get(name, ()))))
+    for name, found in DISTRIBUTIONS.items()}
+OBSOLETE_FA4_NAMES = OBSOLETE_DISTRIBUTIONS[BackendName.FA4]
 FA4_DEPENDENCIES = ("nvidia-cutlass-dsl", "quack-kernels", "apache-tvm-ffi", "torch-c-dlpack-ext")
 REPORTED = frozenset({*(n for names in PROVIDERS.values() for n in names), *FA4_DEPENDENCIES,
                       "nvidia-cutlass-dsl-libs-base", "nvidia-cutlass-dsl-libs-core", "einops", "triton",

@@ -27,8 +27,9 @@ def main() -> int:
 
     import torch
 
-    from fa4doctor.dispatch import attention, local_env, runtime
-    from fa4doctor.dispatch.reasons import BackendName
+    from fa4doctor.dispatch import attention
+    from fa4doctor.runtime import dispatcher as runtime, local_env
+    from fa4doctor.names import BackendName
     from fa4doctor.dispatch.vetting import fingerprint
     from fa4doctor.environment import LedgerEntry, load_environment
     from fa4doctor.probe import ledger

@@ -148,8 +148,8 @@ def test_gpu_filter(tmp_path, monkeypatch):
 
 
 def test_smoke_results_feed_the_verdicts(tmp_path, monkeypatch):
-    from fa4doctor.dispatch.reasons import BackendName
-    from fa4doctor.probe.smoke.cases import LEVELS
+    from fa4doctor.names import BackendName
+    from fa4doctor.smoke.cases import LEVELS
 
     from fa4doctor.cli.check import BACKENDS, SMOKE_LEVELS
 
@@ -168,7 +168,7 @@ def test_smoke_results_feed_the_verdicts(tmp_path, monkeypatch):
         calls.update(level=level, gpus=len(env.gpus))
         return FakeReport()
 
-    monkeypatch.setattr("fa4doctor.probe.smoke.run_smoke", fake_run_smoke)
+    monkeypatch.setattr("fa4doctor.smoke.run_smoke", fake_run_smoke)
     result = invoke(tmp_path, monkeypatch, "--json", "--no-imports", "--smoke", "quick",
                     "--nvml-replay", str(FIXTURES / "healthy_h100.json"))
     report = json.loads(result.output)

@@ -100,7 +100,7 @@ def test_several_specs_exit_with_the_worst(tmp_path):
 
 
 def test_ledger_entries_replace_the_environments(tmp_path):
-    from fa4doctor.dispatch.reasons import BackendName
+    from fa4doctor.names import BackendName
     from fa4doctor.dispatch.vetting import fingerprint
     from fa4doctor.probe.ledger import record
 

@@ -9,7 +9,7 @@ import pytest
 
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
 from fa4doctor.dispatch.spec import AttentionSpec
-from fa4doctor.probe.smoke.cases import plan_cases
+from fa4doctor.smoke.cases import plan_cases
 
 from .dispatch_envs import codes, make_env
 

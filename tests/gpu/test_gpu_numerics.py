@@ -4,7 +4,7 @@
 Run on an H100/H200 with FA4 installed (`../shared/gpu/fetch-fa4-wheels`), keeping the output:
 
     FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 python -m pytest tests/gpu/test_gpu_numerics.py -s -q \
-        | tee docs/validation/gpu-numerics.txt
+        | tee docs/validation/h100-gpu-numerics.txt
 
 Skips with the reason where there is no CUDA device or FA4 does not import. FA4 JIT-compiles each
 new configuration (about 2-8 s: h100-fa4-measurements.md), so the FA4 configurations stay few.
@@ -147,7 +147,7 @@ def _reference_with_grad(leaves, kwargs):
 @requires_fa4
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_fa4_call_backend_and_attention(case):
-    from fa4doctor.dispatch import runtime
+    from fa4doctor.runtime import dispatcher as runtime
 
     leaves, kwargs = _make(case)
     ref, want, grad = _reference_with_grad(leaves, kwargs)
@@ -168,7 +168,7 @@ def test_fa4_call_backend_and_attention(case):
     assert plan.decision.chosen.value == ("fa4" if case[5] else "sdpa")
     assert all(e < tol for e in errors.values()), errors
     # The same call again runs from the plan: through the compiled hit path where it is built
-    # (dispatch/native; its `direct` FA4 call), which must serve every dense call without a sink.
+    # (runtime/native; its `direct` FA4 call), which must serve every dense call without a sink.
     native = runtime.attention is not runtime.python_attention
     hits = runtime.attention.__self__.stats()["hits"] if native else 0
     errors = _errors(runtime.attention, leaves, kwargs, ref, want, grad)
@@ -182,7 +182,7 @@ def test_fa4_call_backend_and_attention(case):
 @requires_cuda
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_sdpa_cuda_kernels(case):
-    from fa4doctor.dispatch import runtime
+    from fa4doctor.runtime import dispatcher as runtime
 
     leaves, kwargs = _make(case, seed=1)
     ref, want, grad = _reference_with_grad(leaves, kwargs)

@@ -7,15 +7,15 @@ import sys
 
 from probe_fakes import NVML_FIXTURES, fa4, fa4_deps, write_dist
 
-from fa4doctor.dispatch import native
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.probe import native_build as native
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import Environment, ImportStatus, LedgerEntry
 from fa4doctor.probe import ledger
-from fa4doctor.probe.default_specs import DEFAULT_SPECS
+from fa4doctor.dispatch.default_specs import DEFAULT_SPECS
 from fa4doctor.probe.gather import gather, gather_environment
 from fa4doctor.probe.nvml import FakeNvml
-from fa4doctor.probe.report import build_report
+from fa4doctor.dispatch.report import build_report
 
 
 def node(site, tmp_path, fixture="healthy_h100", fa4_version="4.0.0b36", **options):

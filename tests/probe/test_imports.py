@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.environment import ImportStatus
 from fa4doctor.probe.imports import check_imports, classify, run_imports
 

@@ -15,7 +15,7 @@ from fa4doctor.exporters.metrics_env import environment_families
 from fa4doctor.exporters.textfile import write_check_textfile
 from fa4doctor.probe.gather import gather_environment
 from fa4doctor.probe.nvml import FakeNvml
-from fa4doctor.probe.report import build_report
+from fa4doctor.dispatch.report import build_report
 
 
 class _Static:

@@ -7,7 +7,7 @@ import shutil
 
 from probe_fakes import CUTE_FILES, fa4, fa4_deps, write_dist
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.environment import ImportStatus
 from fa4doctor.probe import packages
 from fa4doctor.probe.packages import scan_packages

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fa4doctor.exporters.collector import Collector
-from fa4doctor.exporters.daemon import DaemonState, GpuLoad
-from fa4doctor.exporters.server import make_server
+from fa4doctor.serve.collector import Collector
+from fa4doctor.serve.daemon import DaemonState, GpuLoad
+from fa4doctor.serve.server import make_server
 from tests.serve.helpers import write_counters
 
 ROOT = Path(__file__).resolve().parents[2]

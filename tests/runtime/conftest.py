@@ -14,7 +14,7 @@ FAKE_MODULES = ("flash_attn", "flash_attn.cute", "flash_attn_interface", "fake_f
 
 @pytest.fixture(autouse=True)
 def fresh_runtime():
-    from fa4doctor.dispatch import metrics, runtime
+    from fa4doctor.runtime import counters as metrics, dispatcher as runtime
 
     registry = CollectorRegistry()
     counters = metrics.DispatchCounters(registry=registry)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fa4doctor.dispatch.runtime import call_backend
+from fa4doctor.runtime.dispatcher import call_backend
 
 from .reference import reference, rel_err
 
@@ -147,8 +147,8 @@ def test_unknown_backend_names_the_choices():
 @pytest.mark.parametrize("mask,window,sq,sk", CASES)
 def test_fa4_calls_with_exactly_call_kwargs(fakes, mask, window, sq, sk):
     """The spelled-out fast call and `call_kwargs` (what the overhead bench calls FA4 with) agree."""
-    from fa4doctor.dispatch.adapters.fa4 import call_kwargs
-    from fa4doctor.dispatch.inputs import prepare
+    from fa4doctor.runtime.adapters.fa4 import call_kwargs
+    from fa4doctor.runtime.inputs import prepare
 
     q, k, v = _qkv(sq, sk)
     call_backend("fa4", q, k, v, attn_mask_type=mask, window_size=window)
@@ -158,8 +158,8 @@ def test_fa4_calls_with_exactly_call_kwargs(fakes, mask, window, sq, sk):
 
 
 def test_fa4_sink_call_is_call_kwargs_plus_the_sink(fakes):
-    from fa4doctor.dispatch.adapters.fa4 import call_kwargs
-    from fa4doctor.dispatch.inputs import prepare
+    from fa4doctor.runtime.adapters.fa4 import call_kwargs
+    from fa4doctor.runtime.inputs import prepare
 
     q, k, v = _qkv(6, 6)
     sink = torch.zeros(4)

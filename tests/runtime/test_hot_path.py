@@ -10,7 +10,8 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from fa4doctor.dispatch import attention, metrics, runtime
+from fa4doctor.dispatch import attention
+from fa4doctor.runtime import counters as metrics, dispatcher as runtime
 
 BENCH = Path(__file__).parents[2] / "bench" / "dispatch_overhead.py"
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from probe_fakes import NVML_FIXTURES, fa4, fa4_deps
 
-from fa4doctor.dispatch import local_env, select
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.dispatch import select
+from fa4doctor.runtime import local_env
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import GpuFacts, LedgerEntry

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from fa4doctor.dispatch import metrics
+from fa4doctor.runtime import counters as metrics
 
 CHILD = textwrap.dedent("""
     import sys, torch
@@ -88,7 +88,7 @@ HYGIENE = textwrap.dedent("""
     import prometheus_client.values as values
     before_class, before_threads = values.ValueClass, threading.active_count()
     import fa4doctor.dispatch
-    import fa4doctor.dispatch.runtime
+    import fa4doctor.runtime.dispatcher
     assert "flash_attn" not in sys.modules and "flash_attn_interface" not in sys.modules
     from prometheus_client import REGISTRY
     names = lambda: {m.name for m in REGISTRY.collect()}
@@ -124,7 +124,8 @@ def test_importing_the_package_does_not_import_torch():
 FORKER = textwrap.dedent("""
     import os, torch
     torch.set_num_threads(1)  # GNU OpenMP's thread pool does not survive fork()
-    from fa4doctor.dispatch import attention, metrics
+    from fa4doctor.dispatch import attention
+    from fa4doctor.runtime import counters as metrics
     q = torch.randn(1, 4, 2, 8)
     for _ in range(3):
         attention(q, q, q)

@@ -1,4 +1,4 @@
-"""The compiled hit path (`dispatch/native/hit.cpp`) against the Python `attention()` it stands in for.
+"""The compiled hit path (`runtime/native/hit.cpp`) against the Python `attention()` it stands in for.
 
 The Python path is the truth: every call the compiled path serves must be one Python would have
 served from the same plan, and every other call must reach Python untouched. Built once per
@@ -16,8 +16,8 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from fa4doctor.dispatch import inputs, metrics, native, runtime
-from fa4doctor.dispatch.adapters import fa4 as fa4_adapter
+from fa4doctor.runtime import counters as metrics, dispatcher as runtime, inputs, native
+from fa4doctor.runtime.adapters import fa4 as fa4_adapter
 from fa4doctor.dispatch.reasons import DispatchError
 from fa4doctor.probe.system import find_torch_dir
 

@@ -9,8 +9,9 @@ import logging
 import pytest
 import torch
 
-from fa4doctor.dispatch import BackendNotEligible, attention, local_env, runtime
-from fa4doctor.dispatch.inputs import prepare
+from fa4doctor.dispatch import BackendNotEligible, attention
+from fa4doctor.runtime import dispatcher as runtime, local_env
+from fa4doctor.runtime.inputs import prepare
 from fa4doctor.dispatch.selection import select
 from fa4doctor.environment import BackendInstall, Environment, GpuFacts, ImportStatus
 

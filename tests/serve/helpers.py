@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from fa4doctor.dispatch.metrics import calls_key, fallbacks_key
+from fa4doctor.runtime.counters import calls_key, fallbacks_key
 
 
 def write_counters(path: Path, calls: dict[str, float] = {}, fallbacks: dict[tuple, float] = {},

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily
 
-from fa4doctor.exporters.collector import Collector
-from fa4doctor.exporters.daemon import DaemonState
+from fa4doctor.serve.collector import Collector
+from fa4doctor.serve.daemon import DaemonState
 from tests.serve.helpers import check_report, write_counters
 
 

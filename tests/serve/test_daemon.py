@@ -9,8 +9,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from fa4doctor.exporters.collector import Collector
-from fa4doctor.exporters.daemon import Daemon, ServeConfig, run_child
+from fa4doctor.serve.collector import Collector
+from fa4doctor.serve.daemon import Daemon, ServeConfig, run_child
 from fa4doctor.probe.nvml import FakeNvml, NvmlFailure
 from tests.serve.helpers import check_report, printing, script
 
@@ -185,7 +185,7 @@ def test_bad_configuration_names_the_setting():
 
 
 def test_the_daemon_modules_never_import_torch():
-    code = ("import sys, fa4doctor.cli.serve, fa4doctor.exporters.collector, fa4doctor.exporters.server,"
+    code = ("import sys, fa4doctor.cli.serve, fa4doctor.serve.collector, fa4doctor.serve.server,"
             " fa4doctor.exporters.metrics_smoke, fa4doctor.exporters.metrics_env;"
             "bad = [m for m in ('torch', 'flash_attn', 'pynvml') if m in sys.modules]; print(bad)")
     import subprocess
@@ -194,7 +194,7 @@ def test_the_daemon_modules_never_import_torch():
 
 
 def test_smoke_levels_are_the_smoke_commands_own():
-    from fa4doctor.exporters.daemon import SMOKE_LEVELS
-    from fa4doctor.probe.smoke.cases import LEVELS
+    from fa4doctor.serve.daemon import SMOKE_LEVELS
+    from fa4doctor.smoke.cases import LEVELS
 
     assert SMOKE_LEVELS == ("off", *LEVELS)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from fa4doctor.exporters.collector import Collector
-from fa4doctor.exporters.daemon import DaemonState, GpuLoad
-from fa4doctor.exporters.server import DEFAULT_PORT
+from fa4doctor.serve.collector import Collector
+from fa4doctor.serve.daemon import DaemonState, GpuLoad
+from fa4doctor.serve.server import DEFAULT_PORT
 
 yaml = pytest.importorskip("yaml")
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

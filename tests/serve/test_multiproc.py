@@ -8,8 +8,8 @@ import os
 import pytest
 from prometheus_client import CollectorRegistry
 
-from fa4doctor.dispatch.metrics import CALLS
-from fa4doctor.exporters import compaction, multiproc
+from fa4doctor.runtime.counters import CALLS
+from fa4doctor.serve import compaction, multiproc
 from tests.serve.helpers import LiveWriter, age, write_counters
 
 FB = ("fa4", "sdpa", "not_installed")

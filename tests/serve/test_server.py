@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fa4doctor.exporters.collector import Collector
-from fa4doctor.exporters.daemon import DaemonState
-from fa4doctor.exporters.server import make_server
+from fa4doctor.serve.collector import Collector
+from fa4doctor.serve.daemon import DaemonState
+from fa4doctor.serve.server import make_server
 from tests.serve.helpers import check_report, printing, write_counters
 
 FB = ("fa4", "sdpa", "not_installed")

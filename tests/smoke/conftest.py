@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.environment import (BackendInstall, DriverInfo, Environment, GpuFacts, ImportStatus,
                                    TorchInfo)
 

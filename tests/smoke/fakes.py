@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from fa4doctor.probe.smoke.reference import attention
+from fa4doctor.smoke.reference import attention
 
 
 def correct(backend, q, k, v, **kw):

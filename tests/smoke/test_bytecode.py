@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fa4doctor.probe import bytecode
-from fa4doctor.probe.smoke.runner import _child_environ
+from fa4doctor.smoke.runner import _child_environ
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def test_a_child_started_with_that_environment_writes_its_bytecode_to_the_cache(
     env = _child_environ(environ, fake=None, backends={"sdpa"})
     prefix = tmp_path / "cache" / "fa4doctor" / "pycache"
     assert env["PYTHONPYCACHEPREFIX"] == str(prefix) and "PYTHONDONTWRITEBYTECODE" not in env
-    subprocess.run([sys.executable, "-c", "import fa4doctor.probe.smoke.process"], env=env, check=True,
+    subprocess.run([sys.executable, "-c", "import fa4doctor.smoke.process"], env=env, check=True,
                    cwd=tmp_path, timeout=120)
     assert list(prefix.rglob(f"process.{sys.implementation.cache_tag}.pyc"))
 
@@ -68,7 +68,7 @@ def test_the_report_says_where_the_children_kept_their_bytecode():
     from rich.console import Console
 
     from fa4doctor.exporters.smoke_view import render_smoke
-    from fa4doctor.probe.smoke.report import CaseResult, SmokeReport
+    from fa4doctor.smoke.report import CaseResult, SmokeReport
 
     case = (CaseResult(backend="sdpa", case="sdpa:x", spec={}, direction="fwd", outcome="pass"),)
     plain = SmokeReport(level="quick", cases=case, bytecode_cache="/c/fa4doctor/pycache").to_plain()

@@ -6,10 +6,10 @@ import pytest
 
 from fa4doctor.dispatch.backends import PRIORITY
 from fa4doctor.dispatch.backends.fa4 import head_dim_problem
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, SpecError
 from fa4doctor.environment import Environment, GpuFacts
-from fa4doctor.probe.smoke.cases import (LEVELS, MAX_SEQLEN, THOROUGH_HEAD_DIMS, parse_head_dims,
+from fa4doctor.smoke.cases import (LEVELS, MAX_SEQLEN, THOROUGH_HEAD_DIMS, parse_head_dims,
                                          plan_cases, user_specs)
 
 from .conftest import H100, fa4_env

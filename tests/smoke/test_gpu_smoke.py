@@ -26,7 +26,7 @@ def _failures(report):
 
 
 def test_quick_passes_for_every_installed_backend(node_env, tmp_path):
-    from fa4doctor.probe.smoke.runner import run_smoke
+    from fa4doctor.smoke.runner import run_smoke
 
     report = run_smoke(node_env, level="quick", ledger_path=tmp_path / "ledger.json")
     assert report.cases, "no case ran"
@@ -35,8 +35,8 @@ def test_quick_passes_for_every_installed_backend(node_env, tmp_path):
 
 
 def test_standard_fa4_and_sdpa_agree_with_float64(node_env, tmp_path):
-    from fa4doctor.dispatch.reasons import BackendName
-    from fa4doctor.probe.smoke.runner import run_smoke
+    from fa4doctor.names import BackendName
+    from fa4doctor.smoke.runner import run_smoke
 
     if node_env.backend(BackendName.FA4) is None:
         pytest.skip("flash-attn-4 is not installed")

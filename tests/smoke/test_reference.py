@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fa4doctor.probe.smoke.reference import UNIT_ROUNDOFF, allowed, attention, judge, tolerance
+from fa4doctor.smoke.reference import UNIT_ROUNDOFF, allowed, attention, judge, tolerance
 
 f64 = torch.float64
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import SpecError
 from fa4doctor.environment import Environment
 from fa4doctor.probe.ledger import read_ledger
-from fa4doctor.probe.smoke.runner import ProgressEvent, _child_environ, _child_spec, run_smoke, select_gpus
+from fa4doctor.smoke.runner import ProgressEvent, _child_environ, _child_spec, run_smoke, select_gpus
 
 from .conftest import H100, fa4_env, fake
 
@@ -100,7 +100,7 @@ def test_progress_json_and_ledger_of_a_wrong_gradient(h100_env, tmp_path):
 @pytest.mark.slow
 def test_sdpa_for_real_on_the_cpu():
     """The production adapter (call_backend) on CPU tensors, standard level: every case passes."""
-    pytest.importorskip("fa4doctor.dispatch.runtime")
+    pytest.importorskip("fa4doctor.runtime.dispatcher")
     report = run_smoke(Environment(), level="standard", device="cpu", record=False)
     assert report.cases and {c.backend for c in report.cases} == {"sdpa"}
     assert [c for c in report.cases if c.outcome != "pass"] == []
@@ -117,7 +117,7 @@ def test_the_parent_never_imports_torch():
     script = (
         "import sys, json\n"
         "from tests.smoke.conftest import fa4_env, fake\n"
-        "from fa4doctor.probe.smoke.runner import run_smoke\n"
+        "from fa4doctor.smoke.runner import run_smoke\n"
         "r = run_smoke(fa4_env(), backends=['fa4'], device='cpu', fake=fake('correct'), record=False)\n"
         "print(json.dumps([r.healthy, 'torch' in sys.modules]))\n")
     done = _python(script, timeout=300)
@@ -183,7 +183,7 @@ def test_ctrl_c_stops_every_child():
     script = (
         "import os, signal, subprocess, threading, time\n"
         "from tests.smoke.conftest import fa4_env, fake\n"
-        "from fa4doctor.probe.smoke.runner import run_smoke\n"
+        "from fa4doctor.smoke.runner import run_smoke\n"
         "threading.Timer(4.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
         "try:\n"
         "    run_smoke(fa4_env(), backends=['fa4'], device='cpu', fake=fake('hang'), record=False, timeout=300)\n"

@@ -5,7 +5,7 @@ from fa4doctor.dispatch.backends.fa2 import FA2
 from fa4doctor.dispatch.backends.fa3 import FA3
 from fa4doctor.dispatch.backends.fa4 import FA4
 from fa4doctor.dispatch.backends.sdpa import SDPA
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 
 PRIORITY: tuple[type[Backend], ...] = (FA4, FA3, FA2, SDPA)
 BY_NAME: dict[BackendName, type[Backend]] = {b.NAME: b for b in PRIORITY}

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from fa4doctor.dispatch.backends.base import Backend, R, cc_text
 from fa4doctor.dispatch.backends.fa3 import context_parallel_problems
-from fa4doctor.dispatch.reasons import BackendName, Reason
+from fa4doctor import names
+from fa4doctor.names import BackendName
+from fa4doctor.dispatch.reasons import Reason
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.environment import Environment, GpuFacts
 
 
 class FA2(Backend):
     NAME = BackendName.FA2
-    DISTRIBUTIONS = ("flash-attn",)
+    DISTRIBUTIONS = names.DISTRIBUTIONS[BackendName.FA2]
     GENERATION = 2
     # 2.1 made causal bottom-right (README "2.1: change behavior of causal flag"); TE's floor is
     # 2.1.1 (TE utils.py:123-125). 2.9 is the first release these rules were not checked against.

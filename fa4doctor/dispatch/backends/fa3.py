@@ -7,14 +7,16 @@ filters (§1.3). FA3 is not on PyPI; it is built from source.
 from __future__ import annotations
 
 from fa4doctor.dispatch.backends.base import Backend, R, cc_text
-from fa4doctor.dispatch.reasons import BackendName, Reason
+from fa4doctor import names
+from fa4doctor.names import BackendName
+from fa4doctor.dispatch.reasons import Reason
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
 from fa4doctor.environment import Environment, GpuFacts
 
 
 class FA3(Backend):
     NAME = BackendName.FA3
-    DISTRIBUTIONS = ("flash-attn-3", "flash_attn_3")
+    DISTRIBUTIONS = names.DISTRIBUTIONS[BackendName.FA3]
     # Only `major == 3`: the range `3.0.0b < v < 4.0.0` of TE PR #2432 also matched FA4 betas,
     # because 4.0.0b8 < 4.0.0 under PEP 440 (backend-rules.md §1.1, fixed in TE #2910).
     GENERATION = 3

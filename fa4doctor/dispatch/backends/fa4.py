@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 
 from fa4doctor.dispatch.backends.base import Backend, R, cc_text
-from fa4doctor.dispatch.reasons import BackendName, Reason
+from fa4doctor import names
+from fa4doctor.names import BackendName
+from fa4doctor.dispatch.reasons import Reason
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype
 from fa4doctor.dispatch.versions import at_least, parse
 from fa4doctor.environment import Environment, GpuFacts
@@ -17,8 +19,8 @@ from fa4doctor.environment import Environment, GpuFacts
 
 class FA4(Backend):
     NAME = BackendName.FA4
-    DISTRIBUTIONS = ("flash-attn-4",)
-    OBSOLETE_DISTRIBUTIONS = ("fa4", "flash-attn-cute")  # short-lived names of the package (§2.1)
+    DISTRIBUTIONS = names.DISTRIBUTIONS[BackendName.FA4]
+    OBSOLETE_DISTRIBUTIONS = names.OBSOLETE_DISTRIBUTIONS[BackendName.FA4]
     GENERATION = 4
     # b5 is where SM90 training became usable (varlen, windows, head dims beyond 128) and where
     # `_validate_head_dims` first appears, TE's implicit floor (backend-rules.md §2.8, K8).

@@ -10,7 +10,9 @@ in torch's `sdp_utils.cpp` (`can_use_flash_attention`, `can_use_efficient_attent
 from __future__ import annotations
 
 from fa4doctor.dispatch.backends.base import FEATURE_FLAGS, Backend, R, cc_text
-from fa4doctor.dispatch.reasons import BackendName, Reason
+from fa4doctor import names
+from fa4doctor.names import BackendName
+from fa4doctor.dispatch.reasons import Reason
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
 from fa4doctor.environment import Environment
 
@@ -19,7 +21,7 @@ _CONSUMER_CCS = frozenset({(8, 6), (8, 9), (12, 0), (12, 1)})
 
 class SDPA(Backend):
     NAME = BackendName.SDPA
-    DISTRIBUTIONS = ("torch",)
+    DISTRIBUTIONS = names.DISTRIBUTIONS[BackendName.SDPA]
     NEEDS_CUDA = False
     DTYPES = frozenset(Dtype)
     FEATURES = {feature: "" for feature, _, _ in FEATURE_FLAGS}  # every one, at every version

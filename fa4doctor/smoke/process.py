@@ -75,7 +75,7 @@ class Child:
 
 def spawn(spec: ChildSpec) -> Child:
     stderr = tempfile.TemporaryFile()
-    args = [sys.executable, "-m", "fa4doctor.probe.smoke.child", "--device", spec.device,
+    args = [sys.executable, "-m", "fa4doctor.smoke.child", "--device", spec.device,
             "--preload", ",".join(spec.preload)]
     # A new session: a timeout kills the whole group (compiler subprocesses included).
     proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,

@@ -7,7 +7,7 @@
 // Here the reads are fields of at::Tensor, the keywords are compared in place and the plan found in
 // a short array.
 //
-// Contract with fa4doctor/dispatch/runtime.py (tests/runtime/test_native.py holds the two equal):
+// Contract with fa4doctor/runtime/dispatcher.py (tests/runtime/test_native.py holds the two equal):
 // - `attention` takes the runtime's exact signature. It serves a call itself only when q, k and v
 //   are plain tensors passed by position, the call has no ALiBi, sink or variable-length argument
 //   and qkv_format is "bshd", and a remembered entry matches it; everything else goes, untouched,
@@ -496,7 +496,7 @@ PyMethodDef kMethods[] = {
      "dropout_p=0.0, softcap=0.0, alibi_slopes=None, learnable_sink=None, deterministic=False, "
      "qkv_format='bshd', cu_seqlens_q=None, cu_seqlens_kv=None, max_seqlen_q=None, max_seqlen_kv=None)\n--\n\n"
      "fa4doctor.dispatch.attention with its hit path compiled: the arguments and what they mean are\n"
-     "fa4doctor.dispatch.runtime.python_attention's, which runs every call this path does not serve."},
+     "fa4doctor.runtime.dispatcher.python_attention's, which runs every call this path does not serve."},
     {"remember", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(remember)), METH_FASTCALL,
      "Keep a plan for the call these arguments make."},
     {"forget", forget, METH_NOARGS, "Drop every remembered plan."},

@@ -21,7 +21,7 @@ from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.versions import parse
 from fa4doctor.environment import Environment, GpuFacts
-from fa4doctor.probe.default_specs import DEFAULT_SPECS
+from fa4doctor.dispatch.default_specs import DEFAULT_SPECS
 
 SCHEMA = "fa4doctor.check"
 SCHEMA_VERSION = 1

@@ -9,7 +9,7 @@ only its families. A family name that appears twice is kept once (the first), so
 renderer can never make the scrape invalid, nor hide the daemon's health.
 
 >>> from prometheus_client import CollectorRegistry
->>> from fa4doctor.exporters.daemon import DaemonState
+>>> from fa4doctor.serve.daemon import DaemonState
 >>> registry = CollectorRegistry()
 >>> registry.register(Collector(lambda: DaemonState(probe_up=True)))
 >>> registry.get_sample_value("fa4doctor_probe_up")
@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterator
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from fa4doctor.exporters import multiproc
-from fa4doctor.exporters.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
+from fa4doctor.serve import multiproc
+from fa4doctor.serve.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
 from fa4doctor.exporters.metrics_env import GPU_LABELS, environment_families, gpu_labels
 from fa4doctor.exporters.metrics_smoke import smoke_families
 from fa4doctor.exporters.textfile import Families

@@ -8,7 +8,7 @@ the policy variables), so a call that differs in anything is validated again.
 
 `attention` is the Python function below (also `python_attention`), or, where `fa4doctor native
 build` has compiled it for this torch, the same call with its hit path in C++
-(`dispatch/native/hit.cpp`), which hands every call it does not remember to `python_attention`.
+(`runtime/native/hit.cpp`), which hands every call it does not remember to `python_attention`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 import torch
 
-from fa4doctor.dispatch import inputs, local_env, metrics, native
-from fa4doctor.dispatch.adapters import AdapterImportError, Direct, adapter, direct
+from fa4doctor.runtime import counters, inputs, local_env, native
+from fa4doctor.runtime.adapters import AdapterImportError, Direct, adapter, direct
 from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_STRICT, Policy
 from fa4doctor.dispatch.reasons import BackendName, Decision
 from fa4doctor.dispatch.selection import select
@@ -51,8 +51,8 @@ class Plan:
     scale: float
     decision: Decision
     run: Callable[..., torch.Tensor]
-    tally: metrics.Tally
-    counters: metrics.DispatchCounters
+    tally: counters.Tally
+    counters: counters.DispatchCounters
     direct: Direct | None = None  # run's dense call without its frame, for the compiled hit path
 
 
@@ -110,12 +110,12 @@ def _new_plan(prepared: inputs.Prepared) -> Plan:
             env = local_env.record_import_failure(exc.backend, exc.message)
             _forget_plans()
     _log_once(decision, spec)
-    counters = metrics.counters()
+    sink = counters.counters()
     fallback = None
     if decision.fell_back:
         code = decision.fallback_code
         fallback = (decision.preferred.value, decision.chosen.value, code.value if code else "unknown")
-    return Plan(spec, prepared.scale, decision, run, counters.tally(decision.chosen.value, fallback), counters,
+    return Plan(spec, prepared.scale, decision, run, sink.tally(decision.chosen.value, fallback), sink,
                 direct(decision.chosen, spec, prepared.scale))
 
 
@@ -165,9 +165,9 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
         # a call the compiled path serves, which it missed: from now on it does
         _remember(plan, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic)
     plan.tally.n += 1
-    counters = plan.counters
-    if counters.directory is not None and _clock() >= counters.deadline:  # no file: nothing to refresh
-        counters.flush()
+    sink = plan.counters
+    if sink.directory is not None and _clock() >= sink.deadline:  # no file: nothing to refresh
+        sink.flush()
     if varlen is None:
         return plan.run(q, k, v, None, alibi_slopes, learnable_sink)
     return _execute(plan.run, q, k, v, varlen, alibi_slopes, learnable_sink)
@@ -227,7 +227,7 @@ def reset() -> None:
 
 
 def use_native(module) -> Callable[..., torch.Tensor]:
-    """Route the hit path through `module` (a loaded `dispatch/native` build), or stop (None);
+    """Route the hit path through `module` (a loaded `runtime/native` build), or stop (None);
     returns the `attention` callable that goes with it. Plans are kept; entries start empty."""
     global _native, _remember
     _forget_native()

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from fa4doctor.dispatch.adapters import Direct, fa_window, load_module, unwrap
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.runtime.adapters import Direct, fa_window, load_module, unwrap
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 
 MODULE = "flash_attn.cute"

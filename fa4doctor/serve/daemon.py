@@ -23,11 +23,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
-from fa4doctor.dispatch.metrics import ENV_METRICS_DIR, ENV_MULTIPROC_DIR
-from fa4doctor.exporters import compaction, multiproc
+from fa4doctor.runtime.counters import ENV_METRICS_DIR, ENV_MULTIPROC_DIR
+from fa4doctor.serve import compaction, multiproc
 from fa4doctor.probe.ledger import ENV_LEDGER
 
-# "off" plus the levels of `fa4doctor smoke` (fa4doctor/probe/smoke/cases.py LEVELS; a test keeps them equal)
+# "off" plus the levels of `fa4doctor smoke` (fa4doctor/smoke/cases.py LEVELS; a test keeps them equal)
 SMOKE_LEVELS = ("off", "quick", "standard", "thorough")
 
 

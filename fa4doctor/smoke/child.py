@@ -1,14 +1,14 @@
 """The smoke child runs cases: one per GPU and backend, or per compile chunk, pinned to its GPU
 by `CUDA_VISIBLE_DEVICES=<uuid>`.
 
-Protocol: the parent starts `python -m fa4doctor.probe.smoke.child --device cuda --preload fa4`;
+Protocol: the parent starts `python -m fa4doctor.smoke.child --device cuda --preload fa4`;
 the child imports the backends (timed), prints a `ready` line, then reads one JSON job from stdin:
 `{"mode": "run"|"compile", "cases": [{"id", "backend", "spec"}]}`. For each case and direction it
 prints `start` before touching the kernel and `result` after, one JSON object per line, on a
 private copy of stdout (libraries' prints go to stderr). A crash or a hang therefore names the
 case it happened in, and the parent restarts a child for the rest.
 
-Kernels run through `fa4doctor.dispatch.runtime.call_backend`, the production adapters, unless
+Kernels run through `fa4doctor.runtime.dispatcher.call_backend`, the production adapters, unless
 `FA4DOCTOR_SMOKE_FAKE=/path/file.py:function` names a stand-in (the tests' fake backends).
 """
 
@@ -24,14 +24,14 @@ import time
 import zlib
 from typing import Any, Callable
 
-from fa4doctor.probe.smoke.process import ENV_FAKE, EXIT_FATAL, directions
+from fa4doctor.smoke.process import ENV_FAKE, EXIT_FATAL, directions
 
 
 
 def load_call() -> Callable[..., Any]:
     fake = os.environ.get(ENV_FAKE)
     if not fake:
-        from fa4doctor.dispatch.runtime import call_backend
+        from fa4doctor.runtime.dispatcher import call_backend
         return call_backend
     path, _, name = fake.rpartition(":")
     spec = importlib.util.spec_from_file_location("fa4doctor_smoke_fake", path)
@@ -75,7 +75,7 @@ def make_inputs(spec: dict, device: str, seed: int) -> dict:
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    from fa4doctor.dispatch.inputs import DTYPES
+    from fa4doctor.runtime.inputs import DTYPES
 
     dtype = next(t for t, name in DTYPES.items() if name.value == spec["dtype"])
     hq, hk, d, dv = spec["num_heads_q"], spec["num_heads_kv"], spec["head_dim_qk"], spec["head_dim_v"]
@@ -116,7 +116,7 @@ def references(spec: dict, inputs: dict, grad_out, training: bool) -> dict:
     """Float64 and low-precision references of out (and dq, dk, dv when training)."""
     import torch
 
-    from fa4doctor.probe.smoke.reference import attention
+    from fa4doctor.smoke.reference import attention
 
     refs = {}
     kwargs = {k: v for k, v in _call_kwargs(spec, inputs).items()
@@ -145,7 +145,7 @@ def _timed(fn: Callable[[], Any], device: str, repeat: int) -> tuple[Any, float,
 
 def run_direction(direction: str, call, case: dict, inputs: dict, refs: dict, device: str,
                   repeat: int) -> dict:
-    from fa4doctor.probe.smoke.reference import judge
+    from fa4doctor.smoke.reference import judge
 
     spec, backend = case["spec"], case["backend"]
     training = direction == "bwd"
@@ -197,7 +197,7 @@ def run_case(case: dict, call, device: str, repeat: int, emit: Emitter) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fa4doctor.probe.smoke.child")
+    parser = argparse.ArgumentParser(prog="fa4doctor.smoke.child")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--preload", default="")
     args = parser.parse_args(argv)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     import torch
 
-    from fa4doctor.dispatch.reasons import BackendName
+    from fa4doctor.names import BackendName
     from fa4doctor.probe.imports import MODULES
 
     errors = {}

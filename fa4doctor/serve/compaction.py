@@ -22,7 +22,7 @@ from pathlib import Path
 
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from fa4doctor.exporters.multiproc import (ABSORBED, ARCHIVE_NAME, DEFAULT_GRACE_SECONDS, FAMILIES,
+from fa4doctor.serve.multiproc import (ABSORBED, ARCHIVE_NAME, DEFAULT_GRACE_SECONDS, FAMILIES,
                                            UNREADABLE, counter_files, read_values, wanted,
                                            writer_alive)
 

@@ -17,7 +17,7 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.environment import DriverInfo, Environment, GpuFacts, ImportStatus
 
 _lock = threading.Lock()

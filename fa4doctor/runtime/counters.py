@@ -107,7 +107,7 @@ def metrics_dir() -> Path | None:
 class DispatchCounters:
     """The two counters, the tallies behind them, and the optional multiprocess file."""
 
-    # Slots: the compiled hit path reads `deadline` in place (dispatch/native/hit.cpp slot_offset).
+    # Slots: the compiled hit path reads `deadline` in place (runtime/native/hit.cpp slot_offset).
     __slots__ = ("_lock", "_tallies", "calls", "fallbacks", "registry", "directory", "_sink", "deadline",
                  "__weakref__")
 

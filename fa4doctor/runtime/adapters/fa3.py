@@ -6,8 +6,8 @@ and returned `(out, lse)` by default before FA PR #1851, so the result is unwrap
 
 from __future__ import annotations
 
-from fa4doctor.dispatch.adapters import fa_window, load_module, minus_one_window, unwrap
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.runtime.adapters import fa_window, load_module, minus_one_window, unwrap
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 
 MODULE = "flash_attn_interface"

@@ -9,12 +9,12 @@ from __future__ import annotations
 from fa4doctor._lazy import lazy_exports
 
 _EXPORTS = {
-    "run_smoke": "fa4doctor.probe.smoke.runner",
-    "SmokeReport": "fa4doctor.probe.smoke.report",
-    "CaseResult": "fa4doctor.probe.smoke.report",
-    "LEVELS": "fa4doctor.probe.smoke.cases",
-    "plan_cases": "fa4doctor.probe.smoke.cases",
-    "parse_head_dims": "fa4doctor.probe.smoke.cases",
+    "run_smoke": "fa4doctor.smoke.runner",
+    "SmokeReport": "fa4doctor.smoke.report",
+    "CaseResult": "fa4doctor.smoke.report",
+    "LEVELS": "fa4doctor.smoke.cases",
+    "plan_cases": "fa4doctor.smoke.cases",
+    "parse_head_dims": "fa4doctor.smoke.cases",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -30,7 +30,7 @@ from pathlib import Path
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 
-from fa4doctor.dispatch.metrics import CALLS, FALLBACK_LABELS, FALLBACKS
+from fa4doctor.runtime.counters import CALLS, FALLBACK_LABELS, FALLBACKS
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
 
 ARCHIVE_NAME = "counter_fa4doctor-archive.db"
@@ -46,7 +46,7 @@ UNREADABLE = (OSError, ValueError, RuntimeError, UnicodeDecodeError, TypeError, 
 _BACKENDS = frozenset(b.value for b in BackendName)
 _REASONS = frozenset(r.value for r in ReasonCode)
 # family -> (help, label names, allowed values per label): the closed set this daemon re-exports,
-# named as the dispatcher writes it (fa4doctor/dispatch/metrics.py).
+# named as the dispatcher writes it (fa4doctor/runtime/counters.py).
 FAMILIES = {
     CALLS: (
         "Attention calls run, by the backend that ran them, summed over the node's processes.",

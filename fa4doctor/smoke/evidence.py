@@ -11,12 +11,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import Environment, GpuFacts, LedgerEntry
 from fa4doctor.probe import ledger
-from fa4doctor.probe.smoke.report import CaseResult, SmokeReport
+from fa4doctor.smoke.report import CaseResult, SmokeReport
 
 
 def ledger_entries(env: Environment, gpus: Sequence[GpuFacts],

@@ -6,7 +6,7 @@ are `bshd`, or `thd` with `varlen` set. A backend module that cannot be imported
 `AdapterImportError` from `bind`, which the runtime turns into an `import_failed` reason.
 An adapter may also have `direct(spec, scale) -> Direct | None`: the backend's own function and
 the keywords `run` passes it for a dense call with no ALiBi or sink, so the compiled hit path
-(`dispatch/native`) can call the backend without `run`'s Python frame.
+(`runtime/native`) can call the backend without `run`'s Python frame.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import importlib
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.semantics import FaMask, fa_mask
 from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 
-MODULES = {name: f"fa4doctor.dispatch.adapters.{name.value}" for name in BackendName}
+MODULES = {name: f"fa4doctor.runtime.adapters.{name.value}" for name in BackendName}
 
 
 class AdapterImportError(ImportError):

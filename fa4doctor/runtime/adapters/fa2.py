@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from fa4doctor.dispatch.adapters import fa_window, load_module, minus_one_window, unwrap
+from fa4doctor.runtime.adapters import fa_window, load_module, minus_one_window, unwrap
 from fa4doctor.dispatch.backends.fa2 import FA2
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 
 MODULE = "flash_attn"

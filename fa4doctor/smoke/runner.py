@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from fa4doctor.dispatch.reasons import BackendName
+from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 from fa4doctor.environment import Environment, GpuFacts
 from fa4doctor.probe import bytecode, cache
-from fa4doctor.probe.smoke import process
-from fa4doctor.probe.smoke.cases import plan_cases
-from fa4doctor.probe.smoke.vetting import ledger_entries, record_report
-from fa4doctor.probe.smoke.report import CaseResult, GpuTarget, Phases, SmokeReport, failed
+from fa4doctor.smoke import process
+from fa4doctor.smoke.cases import plan_cases
+from fa4doctor.smoke.evidence import ledger_entries, record_report
+from fa4doctor.smoke.report import CaseResult, GpuTarget, Phases, SmokeReport, failed
 from fa4doctor.probe.system import CACHE_DIR, CACHE_ENABLED
 
 DEFAULT_TIMEOUT = 120.0

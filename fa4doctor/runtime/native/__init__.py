@@ -14,14 +14,12 @@ torch never loads a stale build (a build that fails to load is logged and skippe
 `fa4doctor native build`; without it (or with `FA4DOCTOR_NATIVE=0`) `attention()` is the Python
 function and behaves the same, only slower.
 
->>> from fa4doctor.probe.system import find_torch_dir  # the torch on sys.path, not imported
->>> artifact_path({"HOME": "/home/u"}, find_torch_dir()).parts[:6]
-('/', 'home', 'u', '.cache', 'fa4doctor', 'native')
+>>> load({"FA4DOCTOR_NATIVE": "0"}) is None
+True
 """
 
 from __future__ import annotations
 
-import importlib.machinery
 import importlib.util
 import os
 import sys
@@ -31,13 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from fa4doctor.probe.cache import default_cache_dir
+from fa4doctor.probe.native_build import ENV_NATIVE, MODULE, SOURCE, artifact_path, disabled  # noqa: F401
 from fa4doctor.probe.system import read_torch_info
-from fa4doctor.records import digest
 
-ENV_NATIVE = "FA4DOCTOR_NATIVE"  # "0": never load the compiled hit path
-MODULE = "fa4doctor_native_hit"  # hit.cpp's PyInit_<name>
-SOURCE = Path(__file__).with_name("hit.cpp")
 # The keywords an entry holds, in the order `remember(plan, q, k, v, *KEYED)` takes them (hit.cpp kKeyed).
 KEYED = ("attn_mask_type", "window_size", "softmax_scale", "dropout_p", "softcap", "deterministic")
 
@@ -51,23 +45,6 @@ class BuildResult:
     seconds: float
     command: tuple[str, ...]
     error: str = ""
-
-
-def artifact_path(environ: Mapping[str, str] | None, torch_dir: Path | None) -> Path | None:
-    """Where the library for this source, Python and the torch in `torch_dir` lives, whether or not
-    it exists; None without a torch there. Read without importing torch, so `fa4doctor check` can
-    say whether it is built: torch's `version.py` names its version and commit."""
-    try:
-        version_py = (Path(torch_dir) / "version.py").read_text() if torch_dir is not None else None
-    except OSError:
-        version_py = None
-    if version_py is None:
-        return None
-    # The suffix names the Python ABI and platform (cpython-312-x86_64-linux-gnu).
-    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    facts = {"source": digest(SOURCE.read_text()), "suffix": suffix, "torch": digest(version_py),
-             "dir": str(Path(torch_dir).resolve())}  # as the import system and sys.path spell it alike
-    return default_cache_dir(environ) / "native" / digest(facts, 16) / f"{MODULE}{suffix}"
 
 
 def compile_command(output: Path, environ: Mapping[str, str]) -> tuple[str, ...]:
@@ -127,10 +104,6 @@ def _load_file(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def disabled(environ: Mapping[str, str]) -> bool:
-    return environ.get(ENV_NATIVE, "").strip() == "0"
 
 
 def load(environ: Mapping[str, str] | None = None) -> ModuleType | None:
