@@ -26,7 +26,7 @@ Differences are medians of per-round differences, with a 95% bootstrap interval 
 (the first line says `path=native`), else the Python function; FA4DOCTOR_NATIVE=0 times the latter.
 
 Targets (issue 3): at most 3 us added on a 2-core CI-class CPU; at most 2% of a direct FA4 call
-on the GPU (FA4 takes about 99 us per tiny call on an H100: h100-fa4-measurements.md).
+on the GPU (FA4 takes about 100 us per tiny call on an H100: docs/sources.md#fa4-start-up-cost).
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backend", default="sdpa", choices=["sdpa", "fa4"])
     parser.add_argument("--shape", default=None, help="batch,seq,heads,head_dim (default: 1,8,2,16 on the CPU; "
-                        "1,128,8,64 on CUDA, the tiny FA4 call of h100-fa4-measurements.md)")
+                        "1,128,8,64 on CUDA, the tiny FA4 call of docs/validation/h100-native/)")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--block", type=int, default=50, help="calls per timed block")
     parser.add_argument("--no-causal", dest="causal", action="store_false")

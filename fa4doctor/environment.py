@@ -23,7 +23,7 @@ from fa4doctor.names import BackendName
 from fa4doctor.records import RecordError, from_plain, to_plain
 
 SCHEMA = "fa4doctor.environment"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ledger entries hold their CaseClass (1 is read and upgraded)
 
 
 class SnapshotError(ValueError):
@@ -121,6 +121,22 @@ class TorchInfo:
     version: str | None = None
     cuda: str | None = None  # the CUDA torch was built with ("13.0"); None for CPU builds
     cxx11_abi: bool | None = None
+    # torch >= 2.12 can swap what SDPA's flash kernel runs (torch/nn/attention/_registry.py, 2.13):
+    # `flash_registry` False where torch has no registry, None where nobody looked; `flash_impls`
+    # the registered names ("FA3", "FA4"); `flash_impl` the activated one, None for torch's own FA2.
+    flash_registry: bool | None = None
+    flash_impls: tuple[str, ...] = ()
+    flash_impl: str | None = None
+
+    @property
+    def flash_kernel(self) -> str:
+        """What SDPA's flash kernel runs: the activated impl, else torch's built-in "FA2"
+        (`restore_flash_attention_impl`: "Restore the default FA2 implementation", _registry.py 2.13).
+
+        >>> TorchInfo().flash_kernel, TorchInfo(flash_registry=True, flash_impl="FA4").flash_kernel
+        ('FA2', 'FA4')
+        """
+        return self.flash_impl or "FA2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +174,7 @@ class Finding:
 
 @dataclass(frozen=True, slots=True)
 class JitCache:
-    """FA4's CuTe DSL disk cache (`FLASH_ATTENTION_CUTE_DSL_CACHE_*`, backend-rules.md §2.9)."""
+    """FA4's CuTe DSL disk cache (`FLASH_ATTENTION_CUTE_DSL_CACHE_*`, docs/sources.md#fa4-compile-cache)."""
 
     enabled: bool = False
     directory: str | None = None
@@ -168,17 +184,50 @@ class JitCache:
 
 
 @dataclass(frozen=True, slots=True)
+class Knob:
+    """An FA4 environment variable that is set, with its value (`fa4doctor.probe.knobs` lists them
+    and what each changes). `changes_kernels` is False for the ones that only move the compile cache."""
+
+    name: str
+    value: str
+    changes_kernels: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CaseClass:
+    """What one smoke result is evidence about: the parts of a call that choose the kernel and its
+    code path (`fa4doctor.dispatch.vetting.case_class` derives it from a spec; the ledger stores it)."""
+
+    dtype: str
+    head_dim_qk: int
+    head_dim_v: int
+    attn_mask_type: str
+    window: bool
+    gqa: bool = False
+    decode: bool = False  # one query token per sequence: FA4 >= b39 may pick its decode kernel
+
+    @property
+    def head_dims(self) -> tuple[int, int]:
+        return (self.head_dim_qk, self.head_dim_v)
+
+
+def upgrade_ledger_entry(plain: object) -> object:
+    """A ledger entry as schema 1 wrote it (the class's fields flat on the entry) in today's shape."""
+    if not isinstance(plain, dict) or "case_class" in plain:
+        return plain
+    flat = ("dtype", "head_dim_qk", "head_dim_v", "attn_mask_type", "window")
+    return {**{k: v for k, v in plain.items() if k not in flat},
+            "case_class": {k: plain[k] for k in flat if k in plain}}
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One smoke case's outcome on a node, valid only while `fingerprint` still matches."""
 
     backend: BackendName
     fingerprint: str
     case: str
-    dtype: str
-    head_dim_qk: int
-    head_dim_v: int
-    attn_mask_type: str
-    window: bool
+    case_class: CaseClass
     direction: str  # "fwd" or "bwd"
     outcome: str  # "pass" or a failure kind: wrong_result, refused, compile_failed, crash, timeout, oom
     detail: str = ""
@@ -206,6 +255,7 @@ class Environment:
     jit_cache: JitCache = field(default_factory=JitCache)
     cuda_visible_devices: str | None = None
     cuda_device_order: str | None = None
+    knobs: tuple[Knob, ...] = ()  # FA4's environment variables that are set (snapshots before them: none)
 
     def gpu(self, cuda_index: int | None = 0) -> GpuFacts | None:
         """The GPU a process sees as `cuda:<cuda_index>`, or None."""
@@ -240,10 +290,12 @@ class Environment:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise SnapshotError(f"not an environment snapshot (expected \"schema\": \"{SCHEMA}\")")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in (1, SCHEMA_VERSION):
             raise SnapshotError(f"schema_version {version!r} is not supported (this fa4doctor "
-                                    f"reads version {SCHEMA_VERSION})")
-        body = {k: v for k, v in data.items() if k != "schema"}
+                                    f"reads versions 1 and {SCHEMA_VERSION})")
+        body = {k: v for k, v in data.items() if k != "schema"} | {"schema_version": SCHEMA_VERSION}
+        if isinstance(body.get("ledger"), list):  # schema 1 kept each entry's class flat
+            body["ledger"] = [upgrade_ledger_entry(e) for e in body["ledger"]]
         try:
             return from_plain(cls, body)
         except RecordError as exc:

@@ -44,5 +44,6 @@ DISTRIBUTIONS: dict[BackendName, tuple[str, ...]] = {
     BackendName.FA2: ("flash-attn",),
     BackendName.SDPA: ("torch",),
 }
-# Short-lived earlier names of FA4's distribution that still install `flash_attn.cute` (docs/sources.md).
+# Short-lived earlier names of FA4's distribution that still install `flash_attn.cute`
+# (docs/sources.md#fa4-earlier-distribution-names).
 OBSOLETE_DISTRIBUTIONS: dict[BackendName, tuple[str, ...]] = {BackendName.FA4: ("fa4", "flash-attn-cute")}

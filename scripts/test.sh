@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e '.[test]'
 # promtool and prometheus for tests/prometheus: Debian's `prometheus` package ships both
-# (research/ecosystem-anchors.md §2.8). Where apt is unavailable those tests skip with the reason.
+# (docs/sources.md#promtool). Where apt is unavailable those tests skip with the reason.
 if ! command -v promtool >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) >/dev/null 2>&1 \
         || echo "scripts/test.sh: could not install Debian's prometheus (promtool); its tests will skip" >&2

@@ -122,18 +122,8 @@ def _explain_one(name: str, spec: AttentionSpec, env, policy, gpu: int):
     from fa4doctor.exporters.explain_view import Explanation
 
     decision = decide(spec, env, policy, gpu)
-    code, message = EXIT_OK, None
-    if policy.force is not None and decision.chosen is not policy.force:
-        code = EXIT_PROBLEMS
-        message = f"FA4DOCTOR_BACKEND={policy.force.value} is forced but cannot run this call (see its reasons)"
-    elif decision.chosen is None:
-        code, message = EXIT_PROBLEMS, "no backend the policy allows can run this call"
-    elif decision.fell_back:
-        code = EXIT_PROBLEMS
-        message = f"fell back from {decision.preferred.value} ({decision.fallback_code.value})"
-        if policy.strict:
-            message += "; FA4DOCTOR_STRICT=1 makes this an error at run time"
-    return Explanation(name, spec, decision, kernels(spec, env, gpu), code, message)
+    code, message = (EXIT_OK if decision.summary is None else EXIT_PROBLEMS), decision.summary
+    return Explanation(name, spec, decision, kernels(spec, env, gpu, policy.disabled), code, message)
 
 
 @click.command(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -188,6 +178,6 @@ def explain(ctx: click.Context, **options) -> None:
     else:
         render_report(items, policy, env_text, sys.stdout)
     for item in items:  # errors of the policy, not ordinary fallbacks, also go to stderr
-        if item.exit_code and (item.decision.chosen is None or policy.force is not None):
+        if item.decision.outcome in ("forced_not_eligible", "no_backend"):
             click.echo(f"{item.name}: {item.message}", err=True)
     ctx.exit(exit_code)

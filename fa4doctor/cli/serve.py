@@ -28,6 +28,12 @@ DEFAULTS = ServeConfig()  # one set of defaults for the flags and the daemon
               help="Seconds between smoke cycles; they run only on GPUs with no compute process.")
 @click.option("--smoke-level", type=click.Choice(SMOKE_LEVELS), default=DEFAULTS.smoke_level,
               show_default=True, help="Smoke kernel level; `off` never runs a kernel on this node.")
+@click.option("--revet-level", type=click.Choice(SMOKE_LEVELS), default=DEFAULTS.revet_level, show_default=True,
+              help="Smoke level of the re-vetting run, which goes first on an idle GPU once the fingerprint "
+                   "changes (a backend, torch, driver or FA4 knob); `off` never re-vets.")
+@click.option("--smoke-spec", type=click.Path(exists=True, dir_okay=False),
+              help="Shapes the re-vetting run covers too (JSON, as `fa4doctor smoke --spec` reads); default: "
+                   "check's default specs plus a training spec at every head dim a known bug touched.")
 @click.option("--metrics-dir", type=click.Path(file_okay=False), envvar="FA4DOCTOR_METRICS_DIR",
               help="Directory the training processes' dispatch counters are written to "
                    "[env FA4DOCTOR_METRICS_DIR]. Read on every scrape, compacted between.")
@@ -42,14 +48,15 @@ DEFAULTS = ServeConfig()  # one set of defaults for the flags and the daemon
 @click.option("--probe-command", hidden=True, help="argv of the probe child.")
 @click.option("--smoke-command", hidden=True, help="argv of the smoke child.")
 @handle_errors
-def serve(host: str, port: int, interval: float, smoke_interval: float, smoke_level: str,
-          metrics_dir: str | None, ledger: str | None, probe_timeout: float, smoke_timeout: float,
-          probe_command: str | None, smoke_command: str | None) -> None:
+def serve(host: str, port: int, interval: float, smoke_interval: float, smoke_level: str, revet_level: str,
+          smoke_spec: str | None, metrics_dir: str | None, ledger: str | None, probe_timeout: float,
+          smoke_timeout: float, probe_command: str | None, smoke_command: str | None) -> None:
     """Run the node daemon: HTTP /metrics, /healthz, /readyz, /report.json and / on HOST:PORT.
 
     Probe cycles run every --interval, smoke cycles every --smoke-interval, both in child
     processes; the daemon itself never imports torch and never creates a CUDA context.
-    SIGTERM or SIGINT stops it cleanly (exit 0). See docs/serve.md.
+    When a backend, torch, the driver or an FA4 knob changes, a --revet-level run goes first
+    on the next idle GPU. SIGTERM or SIGINT stops it cleanly (exit 0). See docs/serve.md.
 
     \b
     Example:
@@ -67,6 +74,7 @@ def serve(host: str, port: int, interval: float, smoke_interval: float, smoke_le
                                      param_hint="--metrics-dir") from None
     commands = {"probe_command": probe_command, "smoke_command": smoke_command}
     config = ServeConfig(interval=interval, smoke_interval=smoke_interval, smoke_level=smoke_level,
+                         revet_level=revet_level, smoke_spec=smoke_spec,
                          probe_timeout=probe_timeout, smoke_timeout=smoke_timeout,
                          metrics_dir=metrics_dir, ledger=ledger,
                          **{k: tuple(shlex.split(v)) for k, v in commands.items() if v})

@@ -56,6 +56,7 @@ class ReasonCode(StrEnum):
     # advisories: never block, shown next to an eligible backend
     VERSION_BELOW_RECOMMENDED = "version_below_recommended"
     EXPERIMENTAL_ARCH = "experimental_arch"
+    KNOWN_BUG_LIFTED = "known_bug_lifted"  # this node's smoke pass outranks the known-bug table
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +77,17 @@ class Decision:
 
     `reasons` holds every backend evaluated, eligible ones with an empty tuple; `advisories`
     holds non-blocking notes (an old beta, an experimental architecture) by backend.
+    `sdpa_excluded` names the SDPA kernels the SDPA adapter must keep torch from using, with why
+    (`backends.sdpa.excluded_kernels`: its flash kernel, where that is a refused FA4).
     """
 
     preferred: BackendName
     chosen: BackendName | None
     reasons: tuple[tuple[BackendName, Reasons], ...]
     advisories: tuple[tuple[BackendName, Reasons], ...] = field(default=())
+    sdpa_excluded: tuple[tuple[str, Reasons], ...] = field(default=())
+    forced: BackendName | None = None  # the policy's FA4DOCTOR_BACKEND
+    strict: bool = False  # the policy's FA4DOCTOR_STRICT
 
     def reasons_for(self, backend: BackendName) -> Reasons:
         return dict(self.reasons).get(backend, ())
@@ -99,6 +105,42 @@ class Decision:
         """The first reason of the preferred backend: the `reason` label of a fallback."""
         found = self.reasons_for(self.preferred)
         return found[0].code if self.fell_back and found else None
+
+    @property
+    def outcome(self) -> str:
+        """The policy's verdict, one word for select, explain and check alike: `preferred`,
+        `fell_back`, or an error: `forced_not_eligible`, `no_backend`, `fallback_refused`."""
+        if self.forced is not None and self.chosen is not self.forced:
+            return "forced_not_eligible"
+        if self.chosen is None:
+            return "no_backend"
+        if self.fell_back:
+            return "fallback_refused" if self.strict else "fell_back"
+        return "preferred"
+
+    @property
+    def error(self) -> DispatchError | None:
+        """What `select` raises for this decision, or None when the call may run."""
+        kind = self.outcome
+        if kind == "forced_not_eligible":
+            return BackendNotEligible(self.forced, self)
+        if kind == "no_backend":
+            return NoBackendAvailable(self)
+        return FallbackRefused(self) if kind == "fallback_refused" else None
+
+    @property
+    def summary(self) -> str | None:
+        """The outcome in words, or None when the preferred backend runs."""
+        kind = self.outcome
+        if kind == "forced_not_eligible":
+            return f"FA4DOCTOR_BACKEND={self.forced.value} is forced but cannot run this call (see its reasons)"
+        if kind == "no_backend":
+            return "no backend the policy allows can run this call"
+        if kind == "preferred":
+            return None
+        code = self.fallback_code.value if self.fallback_code else "not chosen"
+        strict = "; FA4DOCTOR_STRICT=1 makes this an error at run time" if self.strict else ""
+        return f"fell back from {self.preferred.value} ({code}){strict}"
 
 
 def _table(decision: Decision) -> str:
@@ -141,7 +183,9 @@ def decision_to_plain(decision: Decision) -> dict:
         "chosen": decision.chosen.value if decision.chosen else None,
         "fell_back": decision.fell_back,
         "fallback_reason": decision.fallback_code.value if decision.fallback_code else None,
+        "outcome": decision.outcome,
         "backends": [{"backend": name.value, "eligible": not found,
                       "reasons": to_plain(found), "advisories": to_plain(notes.get(name, ()))}
                      for name, found in decision.reasons],
+        "sdpa_excluded": [{"kernel": kernel, "reasons": to_plain(found)} for kernel, found in decision.sdpa_excluded],
     }

@@ -20,6 +20,7 @@ from fa4doctor.dispatch.reasons import BackendName, decision_to_plain
 from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.versions import parse
+from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import Environment, GpuFacts
 from fa4doctor.dispatch.default_specs import DEFAULT_SPECS
 
@@ -92,6 +93,29 @@ def verdict_problems(found: list[dict], expect: BackendName) -> list[dict]:
     return problems
 
 
+def ledger_problems(env: Environment) -> list[dict]:
+    """This node's recorded smoke failures are findings: one per backend and GPU model whose current
+    fingerprint has failures (an error: a kernel here computes wrong results or does not run)."""
+    groups: dict[tuple[BackendName, str], list] = {}
+    for gpu in env.gpus:
+        for backend in {e.backend for e in env.ledger}:
+            current = fingerprint(backend, env, gpu)
+            failed = [e for e in env.ledger if e.backend is backend and e.failed and e.fingerprint == current]
+            if failed and (backend, gpu.name) not in groups:
+                groups[(backend, gpu.name)] = failed
+    problems = []
+    for (backend, gpu_name), failed in sorted(groups.items()):
+        dims = sorted({e.case_class.head_dims for e in failed})
+        shown = ", ".join(f"{q}" if q == v else f"{q}/{v}" for q, v in dims)
+        problems.append({"code": "smoke_failures_recorded", "severity": "error",
+                         "message": f"{len(failed)} smoke case(s) of {backend.value} failed on this node's "
+                                    f"{gpu_name} under the current software stack (head dims {shown}); "
+                                    f"the dispatcher refuses every call those failures reach",
+                         "fix": "fa4doctor smoke --json shows each failure; upgrade to a release that fixes "
+                                "it, then re-run smoke (fa4doctor explain shows what runs instead)"})
+    return problems
+
+
 def build_report(env: Environment, specs: Sequence[tuple[str, AttentionSpec]] = DEFAULT_SPECS, *,
                  expect: BackendName = BackendName.FA4, policy: Policy = Policy(), only: Sequence[int] = (),
                  timings: Mapping[str, float] | None = None, smoke: dict | None = None) -> dict:
@@ -99,6 +123,7 @@ def build_report(env: Environment, specs: Sequence[tuple[str, AttentionSpec]] = 
     found = verdicts(env, specs, policy, only)
     problems = [{"code": f.code, "severity": f.severity, "message": f.message, "fix": f.fix} for f in env.findings]
     problems += verdict_problems(found, expect)
+    problems += ledger_problems(env)
     healthy = not any(p["severity"] == "error" for p in problems)
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "environment": env.to_plain(),
             "expect": expect.value, "verdicts": found, "problems": problems, "healthy": healthy,

@@ -14,9 +14,9 @@ from __future__ import annotations
 import functools
 
 from fa4doctor.dispatch.backends import PRIORITY, Backend
+from fa4doctor.dispatch.backends.sdpa import excluded_kernels
 from fa4doctor.dispatch.policy import Policy
-from fa4doctor.dispatch.reasons import (BackendName, BackendNotEligible, Decision, FallbackRefused,
-                                        NoBackendAvailable, Reason, ReasonCode)
+from fa4doctor.dispatch.reasons import BackendName, Decision, Reason, ReasonCode
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.environment import Environment
 
@@ -37,7 +37,9 @@ def decide(spec: AttentionSpec, env: Environment, policy: Policy = _DEFAULT_POLI
         advisories.append((backend.NAME, tuple(backend.advisories(spec, env, gpu))))
     chosen = next((name for name, found in reasons if not found), None)
     return Decision(preferred=_preferred(policy, backends), chosen=chosen, reasons=tuple(reasons),
-                    advisories=tuple(a for a in advisories if a[1]))
+                    advisories=tuple(a for a in advisories if a[1]),
+                    sdpa_excluded=excluded_kernels(spec, env, gpu, policy.disabled),
+                    forced=policy.force, strict=policy.strict)
 
 
 def select(spec: AttentionSpec, env: Environment, policy: Policy = _DEFAULT_POLICY, gpu: int = 0,
@@ -49,12 +51,9 @@ def select(spec: AttentionSpec, env: Environment, policy: Policy = _DEFAULT_POLI
     when nothing the policy allows can.
     """
     decision = decide(spec, env, policy, gpu, backends)
-    if policy.force is not None and decision.chosen is not policy.force:
-        raise BackendNotEligible(policy.force, decision)
-    if decision.chosen is None:
-        raise NoBackendAvailable(decision)
-    if policy.strict and decision.fell_back:
-        raise FallbackRefused(decision)
+    error = decision.error
+    if error is not None:
+        raise error
     return decision
 
 

@@ -4,7 +4,8 @@ Canonical meaning (TransformerEngine's): query i may see key j when
 `i + d - left <= j <= i + d + right` (an unbounded side is -1), and for causal masks also
 `j <= i + d`, where the diagonal offset d is 0 for top-left masks (`causal`, `padding_causal`)
 and `seqlen_kv - seqlen_q` for every other mask. FA2 >= 2.1, FA3 and FA4 always use
-d = `seqlen_kv - seqlen_q` (backend-rules.md §2.6, FA2 README "2.1: change behavior of causal flag").
+d = `seqlen_kv - seqlen_q` (FA2 README "2.1: change behavior of causal flag";
+docs/sources.md#causal-alignment).
 
 `fa_mask` returns the FA call that keeps exactly the canonical key set, or None when FA cannot
 express it. Both the backend rules (to refuse) and the adapters (to call) use it.

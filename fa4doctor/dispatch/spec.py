@@ -3,7 +3,7 @@
 The vocabulary is TransformerEngine's (`attn_mask_type`, FA2-style `window_size` with -1 for an
 unbounded side), so a spec reads the same as the TE call it came from. `causal` is **top-left**
 aligned, as in TE and PyTorch SDPA; FlashAttention 2.1+, FA3 and FA4 align causal masks to the
-bottom-right (backend-rules.md §2.6), which is why alignment is a property of the spec.
+bottom-right (docs/sources.md#causal-alignment), which is why alignment is a property of the spec.
 
 >>> spec = AttentionSpec(dtype="bf16", head_dim_qk=128, num_heads_q=16, num_heads_kv=4,
 ...                      seqlen_q=128, seqlen_kv=512, attn_mask_type="causal")

@@ -40,6 +40,7 @@ def _software(env: dict, imports_cached: bool | None) -> Table:
     rows = [("host", env.get("hostname") or "?"), ("python", env.get("python") or "?"),
             ("torch", f"{torch.get('version') or 'not installed'} (CUDA {torch.get('cuda') or 'none'}, "
                       f"C++11 ABI {_text(torch.get('cxx11_abi'))})"),
+            ("SDPA flash kernel", flash_text(torch)),
             ("driver", f"{driver.get('driver_version') or '-'} (CUDA {cuda_version_text(cuda)})"
                        if cuda else driver.get("driver_version") or "-"),
             ("NVML", driver["nvml_status"] + (f": {driver['nvml_error']}" if driver.get("nvml_error") else "")),
@@ -53,6 +54,23 @@ def _software(env: dict, imports_cached: bool | None) -> Table:
     for key, value in rows:
         table.add_row(key, escape(value))
     return table
+
+
+def flash_text(torch: dict) -> str:
+    """Which impl runs SDPA's flash kernel, as the snapshot says (torch >= 2.12's registry).
+
+    >>> flash_text({"flash_registry": True, "flash_impls": ["FA3", "FA4"], "flash_impl": "FA4"})
+    'FA4 (activated; registered: FA3, FA4; per process: the runtime reads its own)'
+    """
+    registry = torch.get("flash_registry")
+    if registry is None:
+        return "not checked (torch was not imported)"
+    if not registry:
+        return "FA2, torch's own (this torch has no flash registry)"
+    impl = torch.get("flash_impl")
+    state = f"{impl} (activated" if impl else "FA2, torch's own (nothing activated"
+    registered = ", ".join(torch.get("flash_impls") or ()) or "none"
+    return f"{state}; registered: {registered}; per process: the runtime reads its own)"
 
 
 def _jit(cache: dict) -> str:

@@ -55,6 +55,8 @@ def environment_text(env: Environment, gpu: int, source: str) -> str:
     installed = [f"{b.backend.value} {b.version}" for b in env.backends
                  if b.installed and b.backend is not BackendName.SDPA]
     torch = f"torch {env.torch.version or '?'}" + (f" (CUDA {env.torch.cuda})" if env.torch.cuda else "")
+    if env.torch.flash_impl:  # torch >= 2.12's registry swapped what SDPA's flash kernel runs
+        torch += f", SDPA flash kernel: {env.torch.flash_impl}"
     return f"{source}: {where}; {torch}; installed: {', '.join(installed) or 'no flash-attn backend'}"
 
 
@@ -76,6 +78,20 @@ def report_to_plain(items: list[Explanation], policy: Policy, env_text: str, exi
                            "text": policy_text(policy)},
                 "environment": env_text, "explanations": explanations})
     return top
+
+
+def excluded_text(decision: Decision, brief: bool = False) -> str:
+    """What the SDPA adapter keeps torch from using, in words ("" when nothing); `brief`: the code
+    instead of the detail.
+
+    >>> from fa4doctor.dispatch.reasons import ReasonCode
+    >>> why = Reason(ReasonCode.SMOKE_FAILED, "it is FA4 here and FA4 is refused: bwd failed")
+    >>> decision = Decision(BackendName.FA4, BackendName.SDPA, (), sdpa_excluded=(("flash", (why,)),))
+    >>> excluded_text(decision), excluded_text(decision, brief=True)
+    ('flash kernel excluded: it is FA4 here and FA4 is refused: bwd failed', 'flash kernel excluded: smoke_failed')
+    """
+    return "; ".join(f"{kernel} kernel excluded: {found[0].code.value if brief else found[0].detail}"
+                     for kernel, found in decision.sdpa_excluded)
 
 
 def _status(item: Explanation, name: Any, found: tuple[Reason, ...]) -> str:
@@ -102,14 +118,19 @@ def render_explanation(item: Explanation, console: Any) -> None:
     table.add_column("status")
     table.add_column("reasons (code: detail) and advisories")
     notes = dict(item.decision.advisories)
+    excluded = excluded_text(item.decision)
     for name, found in item.decision.reasons:
         text = _lines(found) + _lines(notes.get(name, ()), "yellow")
+        if name is BackendName.SDPA and excluded:
+            text.append(f"[yellow]{escape(excluded)}[/]")
         table.add_row(name.value, _status(item, name, found), "\n".join(text) or "-")
     console.print(table)
     kernels = ", ".join(f"{name} ({'usable' if not found else found[0].code.value})"
                         for name, found in item.sdpa_kernels)
     console.print(f"sdpa kernels, in torch's order: {escape(kernels)}", highlight=False)
     chosen = item.decision.chosen.value if item.decision.chosen else "none"
+    if item.decision.chosen is BackendName.SDPA and excluded:  # the detail is in the table above
+        chosen += f" ({escape(excluded_text(item.decision, brief=True))})"
     verdict = f"chosen: [bold]{chosen}[/] (preferred: {item.decision.preferred.value})"
     if item.message:
         verdict += f" - {escape(item.message)}"

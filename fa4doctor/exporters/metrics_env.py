@@ -1,6 +1,6 @@
 """Prometheus metric families from a `fa4doctor check --json` report (a plain dict).
 
-Names follow Prometheus conventions (ecosystem-anchors.md §2.1): `fa4doctor_` prefix, base units,
+Names follow Prometheus conventions (docs/sources.md#prometheus-naming): `fa4doctor_` prefix, base units,
 gauges without `_total`, versions and model names only in `_info` families, labels bounded to
 backend names, spec names, `gpu` (the NVML index, as dcgm-exporter uses it) and `UUID`.
 `fa4doctor_probe_up` is not emitted here: whoever ran the probe knows whether it ran.
@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from fa4doctor.environment import USABLE_IMPORTS, cuda_version_text
 
 GPU_LABELS = ["gpu", "UUID"]
-# NVML clock event reason bits (ecosystem-anchors.md §1.8) as bounded label values.
+# NVML clock event reason bits (docs/sources.md#clock-event-reasons) as bounded label values.
 CLOCK_EVENT_REASONS = {0x1: "gpu_idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
                        0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal_slowdown",
                        0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
@@ -106,7 +106,7 @@ def _gpu_families(env: dict) -> Iterator[Metric]:
         info.add_metric(key, {"name": gpu.get("name") or ""})
         for name, (_, read) in simple.items():
             value = read(gpu)
-            if value is not None:  # unknown stays absent, never a sentinel (§1.1)
+            if value is not None:  # unknown stays absent, never a sentinel (docs/sources.md#prometheus-naming)
                 families[name].add_metric(key, float(value))
         if gpu.get("clock_event_reasons") is not None:
             for bit, reason in CLOCK_EVENT_REASONS.items():
@@ -144,3 +144,14 @@ def _health_families(check: dict, env: dict) -> Iterator[Metric]:
         info.add_metric([], {"driver_version": driver["driver_version"],
                              "cuda_version": cuda_version_text(cuda) if cuda else ""})
     yield info
+    yield _flash_impl_family(env.get("torch", {}))
+
+
+def _flash_impl_family(torch: dict) -> Metric:
+    """`fa4doctor_torch_flash_impl_info{impl}`: what SDPA's flash kernel runs in a fresh process,
+    "FA2" (torch's own) or a registry name ("FA4"; torch/nn/attention/_registry.py); none unchecked."""
+    info = InfoMetricFamily("fa4doctor_torch_flash_impl", "The implementation behind SDPA's flash kernel "
+                            "(torch >= 2.12 flash registry; FA2 is torch's own).", labels=[])
+    if torch.get("flash_registry") is not None:
+        info.add_metric([], {"impl": torch.get("flash_impl") or "FA2"})
+    return info

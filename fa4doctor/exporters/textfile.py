@@ -1,6 +1,6 @@
 """node_exporter textfile output: the check's metric families plus `fa4doctor_probe_up 1`, written
-atomically through `prometheus_client.write_to_textfile` (temp file + rename; ecosystem-anchors.md
-§2.3), so the collector never reads half a file.
+atomically through `prometheus_client.write_to_textfile` (temp file + rename;
+docs/sources.md#textfile-output), so the collector never reads half a file.
 
 >>> import os, tempfile
 >>> from fa4doctor.environment import Environment

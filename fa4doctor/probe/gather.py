@@ -25,6 +25,7 @@ from fa4doctor.probe import imports, native_build, problems
 from fa4doctor.probe.bytecode import missing_bytecode
 from fa4doctor.probe.cache import default_cache_dir
 from fa4doctor.probe.gpus import GpuProbe
+from fa4doctor.probe.knobs import read_knobs
 from fa4doctor.probe.ledger import default_ledger_path, read_ledger
 from fa4doctor.probe.nvml import NvmlSource, PynvmlSource
 from fa4doctor.probe.packages import scan_packages
@@ -79,10 +80,15 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
         abi = results.get(BackendName.SDPA)
         if abi is not None and abi.torch_cxx11_abi is not None:
             torch = replace(torch, cxx11_abi=abi.torch_cxx11_abi)
+        if abi is not None and abi.torch_flash_registry is not None:
+            # What a fresh process gets; activation is per process, so a training process reads
+            # its own (runtime/local_env.py) and explain decides from what the snapshot says.
+            torch = replace(torch, flash_registry=abi.torch_flash_registry, flash_impls=abi.torch_flash_impls,
+                            flash_impl=abi.torch_flash_impl)
     lap("imports")
-    jit = read_jit_cache(environ)
+    jit, knobs = read_jit_cache(environ), read_knobs(environ)
     ledger = read_ledger(ledger_path if ledger_path is not None else default_ledger_path(environ))
-    findings = _findings(facts, backends, torch, driver, gpus, environ, jit, import_modules)
+    findings = _findings(facts, backends, torch, driver, gpus, environ, jit, knobs, import_modules)
     installed = [b.backend.value for b in backends if b.import_status is not ImportStatus.NOT_INSTALLED]
     findings += problems.bytecode_findings(missing_bytecode(installed, path), environ)
     findings += problems.native_findings(_native_built(environ, path))
@@ -96,20 +102,22 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
                       driver=driver, gpus=gpus, backends=backends, packages=facts.packages,
                       findings=tuple(findings), ledger=ledger.entries, jit_cache=jit,
                       cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
-                      cuda_device_order=environ.get("CUDA_DEVICE_ORDER"))
+                      cuda_device_order=environ.get("CUDA_DEVICE_ORDER"), knobs=knobs)
     lap("rest")
     return Gathered(env, tuple(timings), cached)
 
 
-def _findings(facts, backends, torch, driver, gpus, environ, jit, modules) -> list[Finding]:
+def _findings(facts, backends, torch, driver, gpus, environ, jit, knobs, modules) -> list[Finding]:
     fa4 = next(b for b in backends if b.backend is BackendName.FA4)
+    fa4_installed = fa4.import_status is not ImportStatus.NOT_INSTALLED
     found = problems.driver_findings(driver, torch)
     for gpu in gpus:
         found += problems.gpu_findings(gpu)
     found += problems.visibility_findings(gpus, environ)
     found += problems.package_findings(facts)
     found += problems.import_findings(backends, torch, modules)
-    found += problems.jit_cache_findings(jit, fa4.import_status is not ImportStatus.NOT_INSTALLED)
+    found += problems.jit_cache_findings(jit, fa4.version if fa4_installed else None)
+    found += problems.knob_findings(knobs, fa4_installed)
     return found
 
 

@@ -1,8 +1,9 @@
 """GPU and driver facts from NVML: one record per GPU, with every failed query kept as data.
 
 A missing library, a driver/library mismatch or a lost GPU is a fact in the report, never an
-exception (ecosystem-anchors.md §5.1 rows 5, 7, 19). CUDA ordinals are filled in later by
-`system.map_cuda_ordinals`, because NVML indices are not CUDA ordinals (§4.5).
+exception (docs/sources.md#nvml-failures-are-facts). CUDA ordinals are filled in later by
+`system.map_cuda_ordinals`, because NVML indices are not CUDA ordinals
+(docs/sources.md#nvml-index-and-cuda-ordinal).
 
 >>> from fa4doctor.probe.nvml import FakeNvml
 >>> driver, gpus = probe_gpus(FakeNvml({"init_error": 12, "init_message": "NVML Shared Library Not Found"}))

@@ -1,8 +1,8 @@
 """Import each installed backend in its own child process, in parallel, with a timeout.
 
 Never in the parent: an undefined symbol, a CUDA initialisation or a segfault must not take down
-the caller (DESIGN.md "probe"). Failures are classified (ecosystem-anchors.md §5.1 rows 1, 4, 12;
-backend-rules.md K3), and results are cached by a fingerprint of the installed software, so a
+the caller (docs/check.md). Failures are classified (docs/sources.md: #fa2-built-for-another-torch,
+#minimum-driver-for-a-cuda-version, #fa2-breaks-the-fa4-import, #fa4-dependencies), and results are cached by a fingerprint of the installed software, so a
 repeated `check` imports nothing until something changed.
 
 >>> classify({"ok": False, "type": "ImportError",
@@ -34,7 +34,7 @@ MODULES: dict[BackendName, tuple[str, ...]] = {
     BackendName.FA2: ("flash_attn", "flash_attn_2_cuda"),
     BackendName.SDPA: ("torch",),
 }
-CACHE_FORMAT = 2  # 2: ImportResult lost its unused `seconds`
+CACHE_FORMAT = 3  # 2: ImportResult lost its unused `seconds`; 3: it reports torch's flash registry
 DEFAULT_TIMEOUT = 60.0
 
 # Runs in the child: import the modules named on the command line, print one JSON line.
@@ -53,11 +53,20 @@ if torch is not None:
         out["torch_cxx11_abi"] = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
     except Exception:
         pass
+    try:  # torch >= 2.12's flash registry, as a fresh process has it (torch/nn/attention/_registry.py)
+        import torch.nn.attention as attention
+        current = getattr(attention, "current_flash_attention_impl", None)
+        out["torch_flash_registry"] = current is not None
+        if current is not None:
+            out["torch_flash_impls"] = list(attention.list_flash_attention_impls())
+            out["torch_flash_impl"] = current()
+    except Exception:
+        pass
 sys.stdout.write("\n" + json.dumps(out) + "\n")
 """
 
-# How an import says the driver is older than the CUDA it was built for (ecosystem-anchors.md
-# §5.1 #4; sglang#11395).
+# How an import says the driver is older than the CUDA it was built for (sglang#11395;
+# docs/sources.md#minimum-driver-for-a-cuda-version).
 _DRIVER_TOO_OLD = ("driver version is insufficient", "driver on your system is too old",
                    "cuda_error_insufficient_driver", "found version")
 
@@ -67,6 +76,9 @@ class ImportResult:
     status: ImportStatus
     error: str | None = None
     torch_cxx11_abi: bool | None = None
+    torch_flash_registry: bool | None = None  # None: torch did not import, or this is not its child
+    torch_flash_impls: tuple[str, ...] = ()
+    torch_flash_impl: str | None = None
 
 
 def classify(result: dict | None, returncode: int, timed_out: bool, stderr: str = "",
@@ -88,7 +100,7 @@ def classify(result: dict | None, returncode: int, timed_out: bool, stderr: str 
     kind, message = result.get("type", "Exception"), result.get("message", "")
     text, trace = f"{kind}: {message}", result.get("traceback", "")
     lowered = message.lower()
-    # FA2's flash_attn/__init__.py runs before flash_attn.cute (ecosystem-anchors.md §5.1 #12), so
+    # FA2's flash_attn/__init__.py runs before flash_attn.cute (docs/sources.md#fa2-breaks-the-fa4-import), so
     # whatever breaks it, FA4 is only its victim.
     if "flash_attn.cute" in modules and f"flash_attn{os.sep}__init__.py" in trace:
         return ImportStatus.BLOCKED, f"flash-attn (FA2) breaks the import of flash_attn.cute: {text}"
@@ -136,7 +148,10 @@ def run_imports(backends: tuple[BackendName, ...], *, modules: Mapping[BackendNa
             timed_out = True
         result = _last_json(stdout or "")
         status, error = classify(result, child.returncode, timed_out, stderr or "", timeout, modules[backend])
-        results[backend] = ImportResult(status, error, (result or {}).get("torch_cxx11_abi"))
+        found = result or {}
+        results[backend] = ImportResult(status, error, found.get("torch_cxx11_abi"),
+                                        found.get("torch_flash_registry"), tuple(found.get("torch_flash_impls", ())),
+                                        found.get("torch_flash_impl"))
     return results
 
 

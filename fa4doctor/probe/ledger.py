@@ -22,12 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fa4doctor.environment import LedgerEntry
+from fa4doctor.environment import LedgerEntry, upgrade_ledger_entry
 from fa4doctor.probe.cache import xdg_dir
 from fa4doctor.records import RecordError, from_plain, to_plain, write_json_file
 
 SCHEMA = "fa4doctor.ledger"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: each entry holds its CaseClass; 1 (flat) is read and upgraded
 ENV_LEDGER = "FA4DOCTOR_LEDGER"
 
 
@@ -64,9 +64,12 @@ def _parse(text: str) -> tuple[LedgerEntry, ...]:
     data = json.loads(text)
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ValueError(f"not a fa4doctor ledger (expected \"schema\": \"{SCHEMA}\")")
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
-    return from_plain(tuple[LedgerEntry, ...], data.get("entries", []), "entries")
+    if data.get("schema_version") not in (1, SCHEMA_VERSION):
+        raise ValueError(f"schema_version {data.get('schema_version')!r} is not 1 or {SCHEMA_VERSION}")
+    entries = data.get("entries", [])
+    if isinstance(entries, list):
+        entries = [upgrade_ledger_entry(e) for e in entries]
+    return from_plain(tuple[LedgerEntry, ...], entries, "entries")
 
 
 def _key(entry: LedgerEntry) -> tuple:

@@ -3,7 +3,7 @@
 `PynvmlSource` is the production source over NVIDIA's `nvidia-ml-py` bindings (imported as
 `pynvml`); `FakeNvml` replays a JSON fixture recorded from a node, so every rule runs on a CPU.
 A call either returns plain JSON values or raises `NvmlFailure(code, message)`, with NVML's own
-return codes (nvidia-ml-py `pynvml.py` L224-241, ecosystem-anchors.md §4.3).
+return codes (nvidia-ml-py 13.615.71 `pynvml.py` L224-241; docs/sources.md#nvml-failures-are-facts).
 
 >>> fake = FakeNvml({"system": {"nvmlSystemGetDriverVersion": "580.95.05"},
 ...                  "devices": [{"nvmlDeviceGetName": "NVIDIA H100 80GB HBM3"}]})
@@ -95,7 +95,7 @@ class PynvmlSource:
 
     def init(self) -> None:
         try:
-            import pynvml  # nvidia-ml-py; importing it loads no library (ecosystem-anchors.md §4.3)
+            import pynvml  # nvidia-ml-py; importing it loads no library; nvmlInit() does
         except ImportError as exc:
             raise NvmlFailure(LIBRARY_NOT_FOUND, f"the nvidia-ml-py bindings are not installed: {exc}") from None
         self._nvml = pynvml
@@ -126,8 +126,14 @@ class PynvmlSource:
         return {"total": int(info.total), "used": int(info.used)}
 
     def _nvmlDeviceGetGpuFabricInfo(self, handle: Any) -> dict[str, int]:
-        info = self._nvml.c_nvmlGpuFabricInfo_t()
-        self._nvml.nvmlDeviceGetGpuFabricInfo(handle, info)
+        # The versioned call only: the unversioned one lets the driver write its own, larger struct
+        # into pynvml's v1 struct, which crashed `check` on an H200 (driver 580.159.04, nvidia-ml-py
+        # 13.615.71; pynvml.py marks it "DEPRECATED: Use nvmlDeviceGetGpuFabricInfoV").
+        nvml = self._nvml
+        if not hasattr(nvml, "nvmlDeviceGetGpuFabricInfoV") or not hasattr(nvml, "c_nvmlGpuFabricInfo_v2_t"):
+            raise NvmlFailure(NOT_SUPPORTED, "this nvidia-ml-py has no versioned fabric query")
+        info = nvml.c_nvmlGpuFabricInfo_v2_t()
+        nvml.nvmlDeviceGetGpuFabricInfoV(handle, info)
         return {"state": int(info.state), "status": int(info.status)}
 
     def _nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> int:

@@ -1,11 +1,12 @@
 """Installed distributions that matter to attention, read from their metadata (never `__version__`).
 
 - which distribution provides each backend (FA4's `flash_attn.cute.__version__` says "0.0.0",
-  backend-rules.md §2.1, so versions come from `importlib.metadata` only);
-- FA4's own `Requires-Dist` checked against what is installed (§5 K3);
+  docs/sources.md#fa4-version, so versions come from `importlib.metadata` only);
+- FA4's own `Requires-Dist` checked against what is installed (docs/sources.md#fa4-dependencies);
 - who owns each file under `flash_attn/cute` according to the RECORD files: FA2 <= 2.8.3.post1
-  wheels ship a stale copy, and co-installs overwrite each other's files (§2.1, K1);
-- the deprecated `pynvml` distribution (ecosystem-anchors.md §4.1).
+  wheels ship a stale copy, and co-installs overwrite each other's files
+  (docs/sources.md#fa4-file-ownership);
+- the deprecated `pynvml` distribution (docs/sources.md#the-pynvml-distribution-is-deprecated).
 
 Every function takes `path` (the `sys.path` to search), so tests build dist-info trees in a tmp dir.
 

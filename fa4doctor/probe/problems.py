@@ -1,7 +1,7 @@
 """Facts -> findings: each problem the probe can see, with its severity and the command that fixes it.
 
-Thresholds are data at the top; every rule cites the failure mode it detects (ecosystem-anchors.md
-§5.1 rows, backend-rules.md §5 K-numbers). Findings never decide eligibility: `select()` does.
+Thresholds are data at the top; every rule cites the failure mode it detects (an upstream issue or
+docs/sources.md). Findings never decide eligibility: `select()` does.
 
 >>> from fa4doctor.environment import DriverInfo
 >>> [f.code for f in driver_findings(DriverInfo(nvml_status="lib_rm_mismatch"), TorchInfo())]
@@ -13,19 +13,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from fa4doctor.environment import (BackendInstall, DriverInfo, Finding, GpuFacts, ImportStatus, JitCache,
+from fa4doctor.environment import (BackendInstall, DriverInfo, Finding, GpuFacts, ImportStatus, JitCache, Knob,
                                    TorchInfo, cuda_version_text)
 from fa4doctor.probe import bytecode
+from fa4doctor.probe.knobs import BY_NAME as KNOB_TABLE
 from fa4doctor.probe.packages import OBSOLETE_FA4_NAMES, PackageFacts
 from fa4doctor.probe.system import order_is_ambiguous, visible_entries
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 
-# Clock event reasons (NVML bitmask, ecosystem-anchors.md §1.8). 0x1 GpuIdle is normal (NVSentinel
-# #890); these slow a job down and point at cooling or power trouble (§5.1 #18).
+# Clock event reasons (NVML bitmask, pynvml.py L2190-2199). 0x1 GpuIdle is normal (NVSentinel
+# #890); these slow a job down and point at cooling or power trouble
+# (docs/sources.md#clock-event-reasons).
 SLOWDOWN_REASONS = {0x8: "hardware slowdown", 0x20: "software thermal slowdown",
                     0x40: "hardware thermal slowdown", 0x80: "hardware power brake"}
-# Lowest driver for each CUDA major under minor-version compatibility (§5.1 #4).
+# Lowest driver for each CUDA major under minor-version compatibility
+# (https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html).
 MIN_DRIVER_FOR_CUDA = {11: (450, 80), 12: (525, 60), 13: (580, 0)}
 
 NVML_FIXES = {
@@ -64,7 +67,7 @@ def driver_findings(driver: DriverInfo, torch: TorchInfo) -> list[Finding]:
 def gpu_findings(gpu: GpuFacts) -> list[Finding]:
     who = f"GPU {gpu.nvml_index} ({gpu.uuid or gpu.name})"
     # Lost GPUs, uncorrected ECC and row remapping: the faults DCGM treats as "device needs
-    # attention" (ecosystem-anchors.md §5.1 #19: XID 79, 48/95).
+    # attention" (XID 79, 48/95: docs/sources.md#gpu-faults).
     if gpu.lost:
         return [Finding("gpu_lost", ERROR, f"{who} is lost (fell off the bus)", "drain the node and reset or reboot it")]
     found = []
@@ -82,7 +85,7 @@ def gpu_findings(gpu: GpuFacts) -> list[Finding]:
         found.append(Finding("row_remap_pending", WARNING, f"{who}: memory rows wait for a remap",
                              f"reset the GPU when idle: nvidia-smi -i {gpu.nvml_index} -r"))
     found += _clock_findings(gpu, who) + _pcie_findings(gpu, who)
-    if gpu.fabric_state not in (None, "not_supported", "completed"):  # §5.1 #5 (NVSwitch systems)
+    if gpu.fabric_state not in (None, "not_supported", "completed"):  # NVSwitch: docs/sources.md#nvml-failures-are-facts
         found.append(Finding("fabric_manager_not_ready", ERROR, f"{who}: NVSwitch fabric state is {gpu.fabric_state}; "
                              "CUDA fails with error 802 (system not yet initialized)",
                              "systemctl status nvidia-fabricmanager; start it and wait for it to complete"))
@@ -126,10 +129,10 @@ def visibility_findings(gpus: tuple[GpuFacts, ...], environ: Mapping[str, str]) 
                              "PCI_BUS_ID: cuda:N may not be NVML index N (CUDA orders fastest first)",
                              "export CUDA_DEVICE_ORDER=PCI_BUS_ID (and join metrics on UUID)"))
     entries = visible_entries(environ) or []
-    if sum(e.startswith("MIG-") for e in entries) > 1:  # §5.1 #16: a process uses one MIG instance
+    if sum(e.startswith("MIG-") for e in entries) > 1:  # a process uses one MIG instance (pytorch#102715)
         found.append(Finding("multiple_mig_visible", WARNING, "CUDA_VISIBLE_DEVICES lists several MIG instances; "
                              "a CUDA process can use only one of them", "give each process one MIG UUID"))
-    # §5.1 #15: visibility that hides every GPU (a stale UUID, a typo) leaves the job on the CPU
+    # Visibility that hides every GPU (a stale UUID, a typo) leaves the job on the CPU
     if gpus and environ.get("CUDA_VISIBLE_DEVICES") is not None and \
             not any(g.cuda_index is not None for g in gpus):
         found.append(Finding("no_visible_gpu", ERROR, f"CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']!r} "
@@ -168,7 +171,7 @@ def package_findings(facts: PackageFacts) -> list[Finding]:
 
 
 def cute_findings(facts: PackageFacts) -> list[Finding]:
-    """Ownership of flash_attn/cute from RECORD files (backend-rules.md §2.1, K1; SkyRL PR #2132)."""
+    """Ownership of flash_attn/cute from RECORD files (docs/sources.md#fa4-file-ownership; SkyRL PR #2132)."""
     fix, found = _reinstall_fa4(facts), []
     if any("flash-attn" in f.owners for f in facts.cute_files):
         version = next((p.version for p in facts.packages if p.name == "flash-attn"), "?")
@@ -208,7 +211,7 @@ def import_findings(backends: tuple[BackendInstall, ...], torch: TorchInfo, modu
             continue
         detail = install.import_error or ""
         if install.import_status is ImportStatus.ABI_MISMATCH:
-            # The build tag says which torch the wheel was built for (ecosystem-anchors.md §5.1 #1).
+            # The build tag says which torch the wheel was built for (flash-attention#723).
             detail += (f"; {install.distribution} {install.version} next to torch {torch.version} "
                        f"(C++11 ABI {torch.cxx11_abi})")
         fix = IMPORT_FIXES[install.import_status].format(dist=install.distribution, version=install.version,
@@ -219,18 +222,50 @@ def import_findings(backends: tuple[BackendInstall, ...], torch: TorchInfo, modu
     return found
 
 
-def jit_cache_findings(cache: JitCache, fa4_installed: bool) -> list[Finding]:
-    if not fa4_installed:
+def jit_cache_findings(cache: JitCache, fa4_version: str | None) -> list[Finding]:
+    """`fa4_version`: the installed FA4's version, None when FA4 is not installed."""
+    if fa4_version is None:
         return []
     if not cache.enabled:
-        # Off by default in every beta; without it each new process recompiles (K4; FA #2635).
+        # Off by default in every beta; without it each new process recompiles (FA #2635).
         return [Finding("jit_cache_disabled", INFO, "FA4's disk compile cache is off: every new process "
                         "compiles its kernels again (seconds each)",
                         "export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=<shared dir>")]
     if not cache.writable:
-        return [Finding("jit_cache_not_writable", WARNING, f"FA4's compile cache directory {cache.directory} "
-                        "is not writable", "point FLASH_ATTENTION_CUTE_DSL_CACHE_DIR at a writable directory")]
+        fix = "point FLASH_ATTENTION_CUTE_DSL_CACHE_DIR at a writable directory"
+        if _cache_falls_back_to_memory(fa4_version):
+            # From b40 an unusable cache warns once and compiles in memory, unsaved
+            # (flash_attn/cute/cache_utils.py 4.0.0b40 L46-53, L334-342).
+            return [Finding("jit_cache_not_writable", WARNING, f"FA4's compile cache directory {cache.directory} "
+                            "is not writable: every process compiles in memory and saves nothing", fix)]
+        # Before b40 the cache is opened at import and its OSError propagates, so `import flash_attn.cute`
+        # itself fails (flash_attn/cute/cache_utils.py 4.0.0b36 L302-307).
+        return [Finding("jit_cache_not_writable", ERROR, f"FA4's compile cache directory {cache.directory} is not "
+                        f"writable, and flash-attn-4 {fa4_version} fails on it instead of compiling in memory", fix)]
     return []
+
+
+def _cache_falls_back_to_memory(version: str) -> bool:
+    from packaging.version import InvalidVersion, Version  # only on this rare path: check stays fast
+
+    try:
+        return Version(version) >= Version("4.0.0b40")
+    except InvalidVersion:
+        return False
+
+
+def knob_findings(knobs: tuple[Knob, ...], fa4_installed: bool) -> list[Finding]:
+    """One finding per FA4 environment variable that is set, at the table's severity (`knobs.KNOBS`)."""
+    if not fa4_installed:
+        return []
+    found = []
+    for knob in knobs:
+        fix = (f"unset {knob.name} unless intended; smoke results proven under one setting say nothing about "
+               "another (FA4's vetting fingerprint includes it)" if knob.changes_kernels else
+               f"nothing, if intended: {knob.name} moves the compile cache, not the kernels")
+        spec = KNOB_TABLE[knob.name]
+        found.append(Finding("fa4_knob_set", spec.severity, f"{knob.name}={knob.value!r} is set: {spec.changes}", fix))
+    return found
 
 
 def bytecode_findings(missing: tuple[str, ...], environ: Mapping[str, str]) -> list[Finding]:

@@ -2,8 +2,8 @@
 
 - torch's version and the CUDA it was built with come from `torch/version.py` read as text.
 - `CUDA_VISIBLE_DEVICES` / `CUDA_DEVICE_ORDER` decide which NVML device is `cuda:N`; the join is
-  by UUID, never by index (ecosystem-anchors.md §4.5).
-- FA4's CuTe DSL disk cache (`FLASH_ATTENTION_CUTE_DSL_CACHE_*`, backend-rules.md §2.9).
+  by UUID, never by index (docs/sources.md#nvml-index-and-cuda-ordinal).
+- FA4's CuTe DSL disk cache (`FLASH_ATTENTION_CUTE_DSL_CACHE_*`, docs/sources.md#fa4-compile-cache).
 
 >>> from fa4doctor.environment import GpuFacts
 >>> gpus = (GpuFacts("A", (9, 0), nvml_index=0, uuid="GPU-aa"), GpuFacts("B", (9, 0), nvml_index=1, uuid="GPU-bb"))
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from fa4doctor.environment import GpuFacts, JitCache, TorchInfo
 
-# FA4's disk-cache switches (flash_attn/cute/cache_utils.py, b36 L33-47; backend-rules.md §2.9).
+# FA4's disk-cache switches (flash_attn/cute/cache_utils.py, b36 L33-47).
 CACHE_ENABLED, CACHE_DIR = "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"
 
 _VERSION = re.compile(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", re.M)
@@ -71,7 +71,8 @@ def visible_entries(environ: Mapping[str, str]) -> list[str] | None:
 
 def _cuda_order(gpus: tuple[GpuFacts, ...]) -> list[GpuFacts]:
     # PCI_BUS_ID is NVML's order. FASTEST_FIRST (CUDA's default) equals it when every GPU is the
-    # same model; with mixed models CUDA's choice is unknown here, so problems.py warns (§5.1 #15).
+    # same model; with mixed models CUDA's choice is unknown here, so problems.py warns
+    # (docs/sources.md#nvml-index-and-cuda-ordinal).
     present = [g for g in gpus if not g.lost]
     return sorted(present, key=lambda g: g.nvml_index if g.nvml_index is not None else 0)
 
@@ -119,7 +120,7 @@ def _user(environ: Mapping[str, str]) -> str:
 
     try:
         return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:  # no passwd entry: getpass raises here, so FA4 itself would fail (§2.9)
+    except KeyError:  # no passwd entry: getpass raises here, so FA4 itself would fail (docs/sources.md#fa4-compile-cache)
         return str(os.getuid())
 
 

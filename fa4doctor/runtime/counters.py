@@ -1,5 +1,7 @@
-"""Dispatch counters: `fa4doctor_dispatch_calls_total{backend}` and
-`fa4doctor_dispatch_fallbacks_total{preferred, selected, reason}`.
+"""Dispatch counters: `fa4doctor_dispatch_calls_total{backend}`,
+`fa4doctor_dispatch_fallbacks_total{preferred, selected, reason}` and
+`fa4doctor_unvetted_calls_total{backend}` (calls on a GPU whose backend has no passing smoke
+evidence for their class under the current fingerprint; decided once per plan).
 
 The hot path only adds 1 to a plain integer on a `Tally` (one per label set); the sums reach
 prometheus-client when anything collects the registry (the counters flush themselves first) and,
@@ -29,9 +31,12 @@ ENV_METRICS_DIR = "FA4DOCTOR_METRICS_DIR"
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 CALLS = "fa4doctor_dispatch_calls"
 FALLBACKS = "fa4doctor_dispatch_fallbacks"
+UNVETTED = "fa4doctor_unvetted_calls"
 CALLS_HELP = "Attention calls run by the fa4doctor dispatcher, by the backend that ran them."
 FALLBACKS_HELP = ("Dispatcher calls the preferred backend did not run, by preferred and selected backend "
                   "and the first reason code of the preferred backend.")
+UNVETTED_HELP = ("Attention calls on a GPU run by a backend with no passing smoke evidence for their class "
+                 "under the current fingerprint (fa4doctor.dispatch.vetting), by that backend.")
 FALLBACK_LABELS = ("preferred", "selected", "reason")
 FLUSH_SECONDS = 1.0
 log = logging.getLogger("fa4doctor.dispatch")
@@ -61,12 +66,15 @@ class _InProcessCounter(Counter):
 
 
 class Tally:
-    """Calls counted for one label set; the hot path does `tally.n += 1` and nothing else."""
+    """Calls counted for one label set; the hot path does `tally.n += 1` and nothing else.
+    `unvetted` is part of the identity, so counting unvetted calls costs a call nothing more."""
 
-    __slots__ = ("backend", "fallback", "n", "flushed")
+    # The compiled hit path finds `n` by name (runtime/native/hit.cpp slot_offset), not by position.
+    __slots__ = ("backend", "fallback", "n", "flushed", "unvetted")
 
-    def __init__(self, backend: str, fallback: tuple[str, str, str] | None):
+    def __init__(self, backend: str, fallback: tuple[str, str, str] | None, unvetted: bool = False):
         self.backend, self.fallback, self.n, self.flushed = backend, fallback, 0, 0
+        self.unvetted = unvetted
 
 
 class _FileSink:
@@ -99,17 +107,21 @@ def fallbacks_key(labels: tuple[str, str, str]) -> str:
     return mmap_key(FALLBACKS, FALLBACKS + "_total", list(FALLBACK_LABELS), list(labels), FALLBACKS_HELP)
 
 
+def unvetted_key(backend: str) -> str:
+    return mmap_key(UNVETTED, UNVETTED + "_total", ["backend"], [backend], UNVETTED_HELP)
+
+
 def metrics_dir() -> Path | None:
     text = os.environ.get(ENV_METRICS_DIR) or os.environ.get(ENV_MULTIPROC_DIR)
     return Path(text) if text else None
 
 
 class DispatchCounters:
-    """The two counters, the tallies behind them, and the optional multiprocess file."""
+    """The three counters, the tallies behind them, and the optional multiprocess file."""
 
     # Slots: the compiled hit path reads `deadline` in place (runtime/native/hit.cpp slot_offset).
-    __slots__ = ("_lock", "_tallies", "calls", "fallbacks", "registry", "directory", "_sink", "deadline",
-                 "__weakref__")
+    __slots__ = ("_lock", "_tallies", "calls", "fallbacks", "unvetted", "registry", "directory", "_sink",
+                 "deadline", "__weakref__")
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, directory: Path | None = None):
         self._lock = threading.RLock()
@@ -117,20 +129,23 @@ class DispatchCounters:
         self.calls = _InProcessCounter(CALLS, CALLS_HELP, ["backend"], registry=registry, owner=self)
         self.fallbacks = _InProcessCounter(FALLBACKS, FALLBACKS_HELP, list(FALLBACK_LABELS),
                                            registry=registry, owner=self)
+        self.unvetted = _InProcessCounter(UNVETTED, UNVETTED_HELP, ["backend"], registry=registry, owner=self)
         self.registry = registry
         self.directory = directory
         self._sink: _FileSink | None = None
         # The hot path compares the clock with this; infinity when there is no file to refresh.
         self.deadline = time.monotonic() + FLUSH_SECONDS if directory else float("inf")
 
-    def tally(self, backend: str, fallback: tuple[str, str, str] | None) -> Tally:
-        key = (backend, fallback)
+    def tally(self, backend: str, fallback: tuple[str, str, str] | None, unvetted: bool = False) -> Tally:
+        key = (backend, fallback, unvetted)
         with self._lock:
             if key not in self._tallies:
-                self._tallies[key] = Tally(backend, fallback)
+                self._tallies[key] = Tally(backend, fallback, unvetted)
                 self.calls.labels(backend)  # the series exists (at 0) from the first decision
                 if fallback:
                     self.fallbacks.labels(*fallback)
+                if unvetted:
+                    self.unvetted.labels(backend)
             return self._tallies[key]
 
     def flush(self) -> None:
@@ -144,10 +159,14 @@ class DispatchCounters:
                 self.calls.labels(tally.backend).inc(delta)
                 if tally.fallback:
                     self.fallbacks.labels(*tally.fallback).inc(delta)
+                if tally.unvetted:
+                    self.unvetted.labels(tally.backend).inc(delta)
                 if sink is not None:
                     sink.add(calls_key(tally.backend), delta)
                     if tally.fallback:
                         sink.add(fallbacks_key(tally.fallback), delta)
+                    if tally.unvetted:
+                        sink.add(unvetted_key(tally.backend), delta)
             if self.directory:
                 self.deadline = time.monotonic() + FLUSH_SECONDS
 
@@ -173,7 +192,7 @@ class DispatchCounters:
 
     def unregister(self) -> None:
         if self.registry is not None:
-            for counter in (self.calls, self.fallbacks):
+            for counter in (self.calls, self.fallbacks, self.unvetted):
                 try:
                     self.registry.unregister(counter)
                 except KeyError:

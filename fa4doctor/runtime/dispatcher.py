@@ -27,6 +27,8 @@ from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_STRICT, Poli
 from fa4doctor.dispatch.reasons import BackendName, Decision
 from fa4doctor.dispatch.selection import select
 from fa4doctor.dispatch.spec import AttentionSpec
+from fa4doctor.dispatch.vetting import evidence
+from fa4doctor.environment import Environment
 
 log = logging.getLogger("fa4doctor.dispatch")
 _MAX_PLANS = 4096
@@ -97,13 +99,21 @@ def _log_once(decision: Decision, spec: AttentionSpec) -> None:
         log.info("fa4doctor: %s runs on %s", spec.short(), decision.chosen.value)
 
 
+def _bind(decision: Decision, spec: AttentionSpec, scale: float) -> Callable[..., torch.Tensor]:
+    """The chosen adapter's `run`; SDPA's kept off the kernels the decision excluded (its flash
+    kernel where that is a refused FA4: dispatch/backends/sdpa.py `excluded_kernels`)."""
+    if decision.chosen is BackendName.SDPA and decision.sdpa_excluded:
+        return adapter(decision.chosen).bind(spec, scale, tuple(k for k, _ in decision.sdpa_excluded))
+    return adapter(decision.chosen).bind(spec, scale)
+
+
 def _new_plan(prepared: inputs.Prepared) -> Plan:
     spec, policy = prepared.spec, Policy.from_env()  # the same variables the plan's key holds
     env = local_env.environment(need_gpus=spec.on_cuda)
     for _ in BackendName:  # each round can only rule out one more backend
         decision = select(spec, env, policy, prepared.gpu or 0)
         try:
-            run = adapter(decision.chosen).bind(spec, prepared.scale)
+            run = _bind(decision, spec, prepared.scale)
             break
         except AdapterImportError as exc:
             log.warning("fa4doctor: %s; deciding again without it", exc)
@@ -115,8 +125,19 @@ def _new_plan(prepared: inputs.Prepared) -> Plan:
     if decision.fell_back:
         code = decision.fallback_code
         fallback = (decision.preferred.value, decision.chosen.value, code.value if code else "unknown")
-    return Plan(spec, prepared.scale, decision, run, sink.tally(decision.chosen.value, fallback), sink,
-                direct(decision.chosen, spec, prepared.scale))
+    tally = sink.tally(decision.chosen.value, fallback, _unvetted(decision.chosen, spec, env, prepared.gpu))
+    return Plan(spec, prepared.scale, decision, run, tally, sink, direct(decision.chosen, spec, prepared.scale))
+
+
+def _unvetted(chosen: BackendName, spec: AttentionSpec, env: Environment, gpu: int | None) -> bool:
+    """True when this node's ledger holds no passing evidence for the call's class and every
+    direction it runs, under the current fingerprint: decided once per plan, counted per call by
+    the plan's tally. Calls off the GPU never count: smoke vets GPUs only (CPU runs vet nothing,
+    smoke/evidence.py), so there is nothing they could be vetted by."""
+    if not spec.on_cuda:
+        return False
+    facts = env.gpu(gpu or 0)  # as the rules find it (dispatch/backends/base.py)
+    return facts is None or not all(e.proven for e in evidence(chosen, spec, env, facts))
 
 
 def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_scale=None, dropout_p=0.0,
@@ -176,15 +197,10 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
 python_attention = attention  # `attention` below may become the compiled path, which calls this one
 
 
-def _first_call(key, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, alibi_slopes,
-                learnable_sink, deterministic, qkv_format, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q,
-                max_seqlen_kv) -> tuple[Plan, inputs.Varlen | None]:
-    """Validate, decide and bind; keep the plan under `key` (None: the arguments cannot be a key)."""
-    prepared = inputs.prepare(q, k, v, attn_mask_type=attn_mask_type, window_size=window_size,
-                              softmax_scale=softmax_scale, dropout_p=dropout_p, softcap=softcap,
-                              alibi_slopes=alibi_slopes, learnable_sink=learnable_sink,
-                              deterministic=deterministic, qkv_format=qkv_format, cu_seqlens_q=cu_seqlens_q,
-                              cu_seqlens_kv=cu_seqlens_kv, max_seqlen_q=max_seqlen_q, max_seqlen_kv=max_seqlen_kv)
+def _first_call(key, q, k, v, *keywords) -> tuple[Plan, inputs.Varlen | None]:
+    """Validate, decide and bind; keep the plan under `key` (None: the arguments cannot be a key).
+    `keywords` are attention()'s, in its order (`inputs.KEYWORDS`, the one spelling of it)."""
+    prepared = inputs.prepare(q, k, v, **dict(zip(inputs.KEYWORDS, keywords, strict=True)))
     plan = _new_plan(prepared)
     if key is not None:
         if len(_plans) >= _MAX_PLANS:

@@ -4,10 +4,13 @@ Each mistake is a `ValueError` (a `SpecError`) that names the argument, so a wro
 the caller's line, not inside a CUDA kernel. Variable-length batches (`qkv_format="thd"`, or a
 padding mask over `bshd` tensors) carry `cu_seqlens_*`: they are read to the host on every call,
 because whether a top-left causal mask means the same as FA's bottom-right one depends on each
-sequence's lengths (backend-rules.md §1.5), and because a bad offset would otherwise reach a kernel.
+sequence's lengths (docs/sources.md#causal-alignment-per-sequence), and because a bad offset
+would otherwise reach a kernel.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import math
 from dataclasses import dataclass
@@ -212,6 +215,11 @@ def prepare(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_scal
         gpu = q.device.index if q.device.index is not None else torch.cuda.current_device()
     return Prepared(spec, scale, gpu, varlen)
 
+
+# attention()'s keyword parameters in order, read from `prepare`, whose signature is the contract:
+# runtime.dispatcher.attention repeats it for speed and tests/runtime/test_signature.py holds
+# attention, the compiled hit path (native/hit.cpp kKwNames) and native.KEYED to it.
+KEYWORDS: tuple[str, ...] = tuple(inspect.signature(prepare).parameters)[3:]
 
 def read_varlen(q, k, qkv_format, attn_mask_type, cu_seqlens_q, cu_seqlens_kv, max_seqlen_q,
                 max_seqlen_kv) -> Varlen | None:

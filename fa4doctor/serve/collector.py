@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fa4doctor.serve import multiproc
-from fa4doctor.serve.daemon import FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
+from fa4doctor.serve.daemon import FAILURE_OUTCOMES, REVET_FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
 from fa4doctor.exporters.metrics_env import GPU_LABELS, environment_families, gpu_labels
 from fa4doctor.exporters.metrics_smoke import smoke_families
 from fa4doctor.exporters.textfile import Families
@@ -167,6 +167,12 @@ def health_families(state: DaemonState, rendered: dict[str, bool] | None = None)
                  state.compacted_files),
         _counter("fa4doctor_metrics_dir_compaction_failures", "Compactions that could not write.",
                  state.compaction_failures),
+        _gauge("fa4doctor_serve_revet_pending", "1 while a re-vetting run after a fingerprint change waits "
+               "for an idle GPU (or for its retry after a failed run).", state.revet_pending),
+        _counter("fa4doctor_serve_revet_runs", "Re-vetting runs tried (a smoke child each).", state.revet_runs),
+        _by_label("fa4doctor_serve_revet_failures",
+                  "Re-vetting runs without a valid report, or that could not be planned, by outcome.",
+                  "outcome", state.revet_failures, REVET_FAILURE_OUTCOMES),
     ]
     optional = (
         ("fa4doctor_probe_last_success_timestamp_seconds", "When the last valid probe report arrived.",
@@ -175,8 +181,17 @@ def health_families(state: DaemonState, rendered: dict[str, bool] | None = None)
          state.probe_last_seconds),
         ("fa4doctor_serve_smoke_last_success_timestamp_seconds",
          "When the last valid smoke report arrived.", state.smoke_last_success),
+        ("fa4doctor_serve_revet_last_success_timestamp_seconds",
+         "When the last valid re-vetting report arrived.", state.revet_last_success),
     )
     out += [_gauge(name, doc, value) for name, doc, value in optional if value is not None]
+    vetting = GaugeMetricFamily("fa4doctor_vetting_current",
+                                "1 if the ledger holds evidence (pass or fail) under the current fingerprint "
+                                "for every case the re-vet plan runs for the backend on the GPU.",
+                                labels=GPU_LABELS + ["backend"])
+    for found in state.vetting:
+        vetting.add_metric(gpu_labels(found.nvml_index, found.uuid) + [found.backend], found.current)
+    out.append(vetting)
     processes = GaugeMetricFamily("fa4doctor_gpu_compute_processes",
                                   "Compute processes NVML lists on the GPU (smoke kernels run only at 0).",
                                   labels=GPU_LABELS)

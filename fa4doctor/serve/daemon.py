@@ -4,7 +4,12 @@ The daemon never imports torch or an attention library and never creates a CUDA 
 probe (`python -m fa4doctor check --json`) and the smoke kernels (`... smoke --json`) run as child
 processes in their own session, killed with their whole process group at their timeout. Smoke
 kernels run only on GPUs where NVML lists no compute process, and see only those GPUs (their UUIDs
-in `CUDA_VISIBLE_DEVICES`, so NVML and CUDA numbering never have to agree; ecosystem-anchors §4.5).
+in `CUDA_VISIBLE_DEVICES`, so NVML and CUDA numbering never have to agree; docs/sources.md#nvml-index-and-cuda-ordinal).
+
+After each probe the daemon compares the fingerprints of the new environment (per backend and GPU,
+`dispatch.vetting.fingerprint`) with those it last vetted under; where one changed and the ledger
+lacks evidence under it (at start too), a re-vetting run (`serve/revet.py`) goes before anything
+else the moment a GPU is idle. One child at a time: the loop runs them in turn.
 
 >>> config = ServeConfig(smoke_level="off")
 >>> Daemon(config, nvml_factory=lambda: None).state.ready
@@ -18,14 +23,16 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
+from fa4doctor.environment import Environment
 from fa4doctor.runtime.counters import ENV_METRICS_DIR, ENV_MULTIPROC_DIR
-from fa4doctor.serve import compaction, multiproc
-from fa4doctor.probe.ledger import ENV_LEDGER
+from fa4doctor.serve import compaction, multiproc, revet
+from fa4doctor.probe.ledger import ENV_LEDGER, default_ledger_path, read_ledger
 
 # "off" plus the levels of `fa4doctor smoke` (fa4doctor/smoke/cases.py LEVELS; a test keeps them equal)
 SMOKE_LEVELS = ("off", "quick", "standard", "thorough")
@@ -33,6 +40,8 @@ SMOKE_LEVELS = ("off", "quick", "standard", "thorough")
 
 # Closed label values of the daemon's own counters; every one is exported, zeros included.
 FAILURE_OUTCOMES = ("failed", "crash", "timeout", "bad_output", "spawn_failed")
+# plan_failed: the probe's report could not be planned from, or the child's spec file not written
+REVET_FAILURE_OUTCOMES = (*FAILURE_OUTCOMES, "plan_failed")
 SKIP_REASONS = ("gpus_busy", "nvml_unavailable", "no_gpu")
 
 
@@ -51,11 +60,15 @@ class ServeConfig:
     compact_grace: float = multiproc.DEFAULT_GRACE_SECONDS
     probe_command: tuple[str, ...] = (sys.executable, "-m", "fa4doctor", "check", "--json")
     smoke_command: tuple[str, ...] = (sys.executable, "-m", "fa4doctor", "smoke", "--json")
+    revet_level: str = "standard"  # "off": never re-vet (smoke_level "off" runs no kernel at all)
+    smoke_spec: str | None = None  # the re-vet run's shapes (None: revet.default_specs())
+    revet_poll: float = 10.0  # seconds between NVML looks while a re-vet waits for an idle GPU
 
     def __post_init__(self) -> None:
-        if self.smoke_level not in SMOKE_LEVELS:
-            raise ValueError(f"smoke_level: {self.smoke_level!r} (valid: {', '.join(SMOKE_LEVELS)})")
-        for name in ("interval", "smoke_interval", "probe_timeout", "smoke_timeout"):
+        for name in ("smoke_level", "revet_level"):
+            if getattr(self, name) not in SMOKE_LEVELS:
+                raise ValueError(f"{name}: {getattr(self, name)!r} (valid: {', '.join(SMOKE_LEVELS)})")
+        for name in ("interval", "smoke_interval", "probe_timeout", "smoke_timeout", "revet_poll"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -101,6 +114,11 @@ class DaemonState:
     gpus: tuple[GpuLoad, ...] = ()
     compacted_files: int = 0
     compaction_failures: int = 0
+    vetting: tuple[revet.Vetting, ...] = ()
+    revet_pending: bool = False
+    revet_runs: int = 0
+    revet_failures: tuple[tuple[str, int], ...] = ()
+    revet_last_success: float | None = None
 
 
 def run_child(argv: Sequence[str], *, timeout: float, schema: str, env: dict[str, str] | None = None,
@@ -124,7 +142,7 @@ def run_child(argv: Sequence[str], *, timeout: float, schema: str, env: dict[str
     tail = err.decode(errors="replace")[-2000:]
     if proc.returncode < 0:
         return ChildResult("crash", exit_code=proc.returncode, seconds=seconds, detail=tail)
-    # exit 3 is a report of problems, still a valid report (promtool convention, DESIGN.md)
+    # exit 3 is a report of problems, still a valid report (promtool's convention: docs/sources.md#promtool)
     if proc.returncode not in (0, 3):
         return ChildResult("failed", exit_code=proc.returncode, seconds=seconds, detail=tail)
     try:
@@ -170,6 +188,11 @@ def _bump(pairs: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int]
     return tuple(sorted(counts.items()))
 
 
+def _idle(gpus: tuple[GpuLoad, ...] | None) -> list[str]:
+    """UUIDs of the GPUs with no compute process (unknown load counts as busy)."""
+    return [g.uuid for g in gpus or () if g.compute_processes == 0 and g.uuid]
+
+
 class Daemon:
     """Runs cycles until `stop()`; `state` is always the latest complete snapshot."""
 
@@ -185,6 +208,11 @@ class Daemon:
         self._stop = threading.Event()
         self._children: set[subprocess.Popen] = set()
         self._update_lock = threading.Lock()
+        # Re-vetting, touched by the loop's thread only. A bad --smoke-spec fails here, at start-up.
+        self._plan = revet.load_plan(config.revet_level, config.smoke_spec)
+        self._targets: tuple[revet.Target, ...] = ()
+        self._vetted: dict[tuple, str] = {}  # target key -> the fingerprint it was last vetted under
+        self._revet_not_before = 0.0  # monotonic; after a failed run, the next try waits a smoke interval
 
     # -- state ---------------------------------------------------------------------------------
     def _update(self, **changes: Any) -> None:
@@ -224,6 +252,7 @@ class Daemon:
         if result.outcome == "ok":
             self._update(check=result.payload, probe_up=True, probe_last_success=self._clock(),
                          probe_last_seconds=result.seconds, probe_cycles=s.probe_cycles + 1, ready=True)
+            self._plan_revet(result.payload)
         else:
             self._update(probe_up=False, probe_last_seconds=result.seconds, ready=True,
                          probe_cycles=s.probe_cycles + 1,
@@ -251,7 +280,7 @@ class Daemon:
         if self.config.smoke_level == "off":
             return None
         gpus = self.poll_nvml()  # fresh, not the probe cycle's: a job may have started since (milliseconds)
-        idle = [g.uuid for g in gpus or () if g.compute_processes == 0 and g.uuid]
+        idle = _idle(gpus)
         if not idle:
             reason = "nvml_unavailable" if gpus is None else "gpus_busy" if gpus else "no_gpu"
             self._update(smoke_skips=_bump(self.state.smoke_skips, reason))
@@ -266,7 +295,76 @@ class Daemon:
         else:
             self._update(smoke_runs=s.smoke_runs + 1,
                          smoke_failures=_bump(s.smoke_failures, result.outcome))
+        self._refresh_vetting()  # its cases are in the ledger now
         return result
+
+    # -- re-vetting ----------------------------------------------------------------------------
+    def _plan_revet(self, check: dict) -> None:
+        """The re-vet plan's targets under the probe's new environment, and their vetting."""
+        try:
+            self._targets = revet.targets(Environment.from_plain(check), self._plan)
+        except Exception as exc:  # noqa: BLE001  an unplannable report is counted, never fatal
+            self._revet_failed("plan_failed", f"{type(exc).__name__}: {exc}")
+            return
+        self._refresh_vetting()
+
+    def _refresh_vetting(self) -> None:
+        """Read the ledger: a target whose fingerprint is new to the daemon is adopted where the
+        ledger already covers it (a rollback, a manual smoke run), and otherwise waits for a re-vet."""
+        if not self._targets:
+            self._update(vetting=(), revet_pending=False)
+            return
+        vetting = revet.status(self._targets, read_ledger(self._ledger_path()).entries)
+        for target, found in zip(self._targets, vetting):
+            if found.current:
+                self._vetted[target.key] = target.fingerprint
+        pending = any(self._vetted.get(t.key) != t.fingerprint for t in self._targets)
+        enabled = self.config.smoke_level != "off" and self.config.revet_level != "off"
+        self._update(vetting=vetting, revet_pending=pending and enabled)
+
+    def _ledger_path(self) -> str | os.PathLike:
+        return self.config.ledger or default_ledger_path(self._environ)  # where the children write
+
+    def revet_due(self) -> bool:
+        return self.state.revet_pending and time.monotonic() >= self._revet_not_before
+
+    def revet_once(self) -> ChildResult | None:
+        """The pending re-vetting run, on the idle GPUs only; None when none is due or no GPU is
+        idle (the loop looks again every `revet_poll` seconds)."""
+        if not self.revet_due():
+            return None
+        idle = _idle(self.poll_nvml())
+        # Evidence holds per fingerprint, not per GPU: a run on the idle GPUs vets every GPU of
+        # the same model, busy or not; a GPU unlike every idle one waits until it is idle itself.
+        runs = {(t.backend, t.fingerprint) for t in self._targets if t.gpu.uuid in idle}
+        vets = [t for t in self._targets
+                if (t.backend, t.fingerprint) in runs and self._vetted.get(t.key) != t.fingerprint]
+        if not vets:
+            return None
+        try:
+            with tempfile.TemporaryDirectory(prefix="fa4doctor-revet-") as tmp:
+                argv = (*self.config.smoke_command, *revet.child_args(self._plan, tmp))
+                env = self.child_env({"CUDA_VISIBLE_DEVICES": ",".join(idle)})
+                result = self._run(argv, self.config.smoke_timeout, "fa4doctor.smoke", env)
+        except OSError as exc:  # the spec file could not be written
+            result = ChildResult("plan_failed", detail=f"{type(exc).__name__}: {exc}")
+        if result.outcome == "ok":
+            # a re-vet report is a smoke report too: its failures reach fa4doctor_smoke_cases
+            self._vetted.update((t.key, t.fingerprint) for t in vets)
+            now = self._clock()
+            self._update(smoke=result.payload, smoke_last_success=now, revet_last_success=now,
+                         revet_runs=self.state.revet_runs + 1)
+        else:
+            self._revet_not_before = time.monotonic() + self.config.smoke_interval  # bounded retries
+            self._update(revet_runs=self.state.revet_runs + 1)
+            self._revet_failed(result.outcome, result.detail, log=result.outcome == "plan_failed")
+        self._refresh_vetting()
+        return result
+
+    def _revet_failed(self, outcome: str, detail: str, log: bool = True) -> None:
+        self._update(revet_failures=_bump(self.state.revet_failures, outcome))
+        if log:
+            print(f"fa4doctor serve: re-vetting {outcome}: {detail}", file=sys.stderr, flush=True)
 
     def compact_once(self) -> None:
         if not self.config.metrics_dir:
@@ -282,7 +380,8 @@ class Daemon:
 
     def run(self) -> None:
         """Loop until `stop()`: probe every `interval`, smoke every `smoke_interval` after the
-        first probe, compact the metrics directory every `compact_interval`."""
+        first probe, compact the metrics directory every `compact_interval`; a pending re-vet goes
+        before the smoke cycle, looking for an idle GPU every `revet_poll` seconds."""
         due = {"probe": 0.0, "smoke": None, "compact": 0.0}
         while not self._stop.is_set():
             now = time.monotonic()
@@ -292,6 +391,10 @@ class Daemon:
                 due["probe"] = time.monotonic() + self.config.interval
                 if due["smoke"] is None:
                     due["smoke"] = time.monotonic()
+            if not self._stop.is_set() and self.revet_due():
+                ran = self.revet_once()
+                if ran is not None and ran.outcome == "ok" and self._revet_covers_smoke():
+                    due["smoke"] = time.monotonic() + self.config.smoke_interval
             if not self._stop.is_set() and due["smoke"] is not None and time.monotonic() >= due["smoke"]:
                 self.smoke_once()
                 due["smoke"] = time.monotonic() + self.config.smoke_interval
@@ -299,8 +402,14 @@ class Daemon:
                 self.compact_once()
                 due["compact"] = time.monotonic() + self.config.compact_interval
             wake = min(v for v in due.values() if v is not None)
+            if self.state.revet_pending:
+                wake = min(wake, max(self._revet_not_before, time.monotonic() + self.config.revet_poll))
             self._stop.wait(max(0.0, wake - time.monotonic()))
         self._shutdown_nvml()
+
+    def _revet_covers_smoke(self) -> bool:
+        """A re-vet that ran every spec of the smoke level stands in for the smoke cycle."""
+        return revet.covers(self.config.revet_level, self.config.smoke_level)
 
     def stop(self) -> None:
         """Ask the loop to end and kill any running child's process group (signal-handler safe)."""

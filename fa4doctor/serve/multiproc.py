@@ -30,7 +30,7 @@ from pathlib import Path
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 
-from fa4doctor.runtime.counters import CALLS, FALLBACK_LABELS, FALLBACKS
+from fa4doctor.runtime.counters import CALLS, FALLBACK_LABELS, FALLBACKS, UNVETTED
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
 
 ARCHIVE_NAME = "counter_fa4doctor-archive.db"
@@ -54,6 +54,10 @@ FAMILIES = {
     FALLBACKS: (
         "Attention calls that did not run on the preferred backend, by why not.",
         FALLBACK_LABELS, (_BACKENDS, _BACKENDS, _REASONS)),
+    UNVETTED: (
+        "Attention calls on a GPU run by a backend with no passing smoke evidence for their class under "
+        "the current fingerprint, summed over the node's processes.",
+        ("backend",), (_BACKENDS,)),
 }
 FILE_STATES = ("writer", "archive", "ignored", "corrupt")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from fa4doctor.dispatch.backends import BY_NAME, PRIORITY
-from fa4doctor.dispatch.reasons import BackendName, ReasonCode
+from fa4doctor.dispatch.reasons import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 from fa4doctor.environment import Environment, GpuFacts
 
@@ -72,7 +72,7 @@ def variant(**changes) -> AttentionSpec:
 def _standard_specs() -> list[AttentionSpec]:
     specs = [variant(attn_mask_type=mask) for mask in ("no_mask", "causal", "causal_bottom_right")]
     # Top-left causal where the diagonals differ (sq > sk), and bottom-right with sq < sk: the
-    # alignment FA gets wrong if a translation is missing (backend-rules.md §2.6).
+    # alignment FA gets wrong if a translation is missing (docs/sources.md#causal-alignment).
     specs.append(variant(seqlen_q=256, seqlen_kv=128))
     specs.append(variant(attn_mask_type="causal_bottom_right", seqlen_q=128, seqlen_kv=384))
     for mask in ("padding", "padding_causal", "padding_causal_bottom_right"):
@@ -85,7 +85,33 @@ def _standard_specs() -> list[AttentionSpec]:
     specs.append(variant(head_dim_qk=256))
     specs.append(variant(dtype="fp16"))
     specs.append(variant(softcap=30.0))
+    specs += _decode_specs()
     return specs
+
+
+def _decode_specs() -> list[AttentionSpec]:
+    """Inference with one query token per sequence: FA4 >= 4.0.0b39 picks its SwapAB decode kernel for
+    these by itself on SM100/SM103 (flash_attn/cute/config.py 4.0.0b40 L1268-1293, L1561-1571), with
+    GQA packed up to 32 query heads per KV head; other GPUs and backends run their usual kernel."""
+    decode = dict(seqlen_q=1, seqlen_kv=384, training=False, attn_mask_type="causal_bottom_right")
+    return [variant(**decode), variant(**decode, num_heads_q=8, num_heads_kv=2),
+            variant(**{**decode, "attn_mask_type": "no_mask"}, num_heads_q=8, num_heads_kv=1, head_dim_qk=64)]
+
+
+def neighbours(spec: AttentionSpec) -> list[AttentionSpec]:
+    """The calls a failure at `spec`'s head dims may reach: the other dtype, the mask alignments,
+    windows and GQA at the same head dims and direction. Smoke runs them after a failure, so the
+    ledger holds the failure's extent and a class that passes on its own is not refused for it."""
+    base = dict(dtype=spec.dtype.value, head_dim_qk=spec.head_dim_qk, head_dim_v=spec.head_dim_v,
+                num_heads_q=2, seqlen_q=128, attn_mask_type="causal", training=spec.training)
+    other = "fp16" if spec.dtype.value == "bf16" else "bf16"
+    found = [variant(**{**base, "dtype": other}), variant(**{**base, "attn_mask_type": "no_mask"}),
+             variant(**base), variant(**{**base, "attn_mask_type": "causal_bottom_right", "seqlen_kv": 192}),
+             variant(**{**base, "seqlen_kv": 96}),  # top-left causal with seqlen_q > seqlen_kv
+             variant(**{**base, "window_size": (64, 0)}),
+             variant(**{**base, "attn_mask_type": "no_mask", "window_size": (32, 32)}),
+             variant(**{**base, "num_heads_q": 8, "num_heads_kv": 2})]
+    return [f for f in found if case_slug(f) != case_slug(spec)]
 
 
 def _thorough_specs(head_dims: Iterable[int] = THOROUGH_HEAD_DIMS) -> list[AttentionSpec]:
@@ -93,8 +119,11 @@ def _thorough_specs(head_dims: Iterable[int] = THOROUGH_HEAD_DIMS) -> list[Atten
             for d in head_dims for mask in ("no_mask", "causal")]
 
 
-def level_specs(level: str) -> list[AttentionSpec]:
-    """The specs a level asks for, before any backend's rules filter them."""
+def level_specs(level: str | None) -> list[AttentionSpec]:
+    """The specs a level asks for, before any backend's rules filter them (None: none, only the
+    caller's own specs)."""
+    if level is None:
+        return []
     if level not in LEVELS:
         raise SpecError("level", f"unknown smoke level {level!r}", LEVELS)
     if level == "quick":
@@ -131,7 +160,8 @@ def _shrink(spec: AttentionSpec) -> AttentionSpec:
     longest = max(spec.seqlen_q, spec.seqlen_kv)
     if longest <= MAX_SEQLEN:
         return spec
-    scale = lambda n: max(8, n * MAX_SEQLEN // longest // 8 * 8)  # noqa: E731
+    # One query token stays one: it selects FA4's decode kernel (_decode_specs).
+    scale = lambda n: n if n == 1 else max(8, n * MAX_SEQLEN // longest // 8 * 8)  # noqa: E731
     fields = {**spec.to_dict(), "seqlen_q": scale(spec.seqlen_q), "seqlen_kv": scale(spec.seqlen_kv)}
     if not spec.varlen:
         fields["same_seqlens"] = None
@@ -146,12 +176,15 @@ def gpu_view(env: Environment, gpu: GpuFacts | None) -> Environment:
 
 
 def _claimed(backend, spec: AttentionSpec, view: Environment) -> bool:
-    """The backend claims `spec`: nothing refuses it but fa4doctor's own known-bug rules, which
-    smoke keeps testing so that a beta that fixes a bug (or a rule that is wrong) shows up."""
-    return all(r.code is ReasonCode.KNOWN_BUG for r in backend.not_supported_reasons(spec, view, 0))
+    """The backend claims `spec`: nothing refuses it but the known-bug table (dispatch/known_bugs.py),
+    which smoke keeps testing: a passing case is this node's proof that lifts the refusal."""
+    refused = backend.not_supported_reasons(spec, view, 0)
+    gpu = view.gpu(0) if spec.on_cuda else None
+    bugs = backend.known_bug_reasons(spec, view, gpu)[0] if refused and gpu is not None else []
+    return all(r in bugs for r in refused)
 
 
-def plan_cases(env: Environment, level: str = "quick", *, gpu: GpuFacts | None = None,
+def plan_cases(env: Environment, level: str | None = "quick", *, gpu: GpuFacts | None = None,
                backends: Sequence[BackendName] | None = None,
                extra_specs: Sequence[AttentionSpec] = (),
                head_dims: Sequence[tuple[int, int]] = (), device: str = "cuda") -> list[SmokeCase]:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
-from fa4doctor.dispatch.vetting import fingerprint
+from fa4doctor.dispatch.vetting import case_class, fingerprint
 from fa4doctor.environment import Environment, GpuFacts, LedgerEntry
 from fa4doctor.probe import ledger
 from fa4doctor.smoke.report import CaseResult, SmokeReport
@@ -33,9 +33,7 @@ def ledger_entries(env: Environment, gpus: Sequence[GpuFacts],
         backend = BackendName(r.backend)
         spec = AttentionSpec.from_dict(r.spec)
         entries.append(LedgerEntry(backend=backend, fingerprint=fingerprint(backend, env, gpu), case=r.case,
-                                   dtype=spec.dtype.value, head_dim_qk=spec.head_dim_qk,
-                                   head_dim_v=spec.head_dim_v, attn_mask_type=spec.attn_mask_type.value,
-                                   window=spec.has_window, direction=r.direction, outcome=r.outcome,
+                                   case_class=case_class(spec), direction=r.direction, outcome=r.outcome,
                                    detail=r.detail if r.outcome != "pass" else "", gpu_uuid=gpu.uuid,
                                    recorded_at=now))
     return tuple(entries)

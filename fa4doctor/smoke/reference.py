@@ -1,6 +1,6 @@
 """Attention from its definition, in float64, and how far a kernel may stray from it.
 
-The reference follows fa4doctor's canonical semantics (DESIGN.md, `dispatch/semantics.py`): query
+The reference follows fa4doctor's canonical semantics (docs/runtime.md, `dispatch/semantics.py`): query
 i sees key j when `i + d - left <= j <= i + d + right`, and for causal masks also `j <= i + d`,
 with d = 0 for top-left masks and `seqlen_kv - seqlen_q` for all others; a row that sees no key
 gives 0. Variable-length batches are computed one sequence at a time.

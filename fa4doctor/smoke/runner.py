@@ -3,10 +3,10 @@
 The parent never imports torch and never touches a GPU: every kernel runs in a child pinned to
 one GPU by UUID (`process.py`), one child per GPU and backend, so that a backend that only needs
 torch (SDPA) does not wait for FA4's import and the backends of one GPU run side by side. FA4
-compiles each new configuration with a JIT that takes seconds and imports in 8-11 s
-(h100-fa4-measurements.md), so when there are enough FA4 cases a compile phase first runs them
+compiles each new configuration with a JIT that takes seconds and imports in about 10 s
+(docs/sources.md#fa4-start-up-cost), so when there are enough FA4 cases a compile phase first runs them
 once in `jobs` parallel children that share FA4's disk cache (`FLASH_ATTENTION_CUTE_DSL_CACHE_*`,
-backend-rules.md §2.9); meanwhile the run children import, and then run every case from the warm
+docs/sources.md#fa4-compile-cache); meanwhile the run children import, and then run every case from the warm
 cache and check it against float64. Where the installation has no bytecode, the children keep
 theirs in fa4doctor's cache (`probe/bytecode.py`).
 
@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -31,7 +31,7 @@ from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 from fa4doctor.environment import Environment, GpuFacts
 from fa4doctor.probe import bytecode, cache
 from fa4doctor.smoke import process
-from fa4doctor.smoke.cases import plan_cases
+from fa4doctor.smoke.cases import case_slug, neighbours, plan_cases
 from fa4doctor.smoke.evidence import ledger_entries, record_report
 from fa4doctor.smoke.report import CaseResult, GpuTarget, Phases, SmokeReport, failed
 from fa4doctor.probe.system import CACHE_DIR, CACHE_ENABLED
@@ -243,13 +243,15 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
               head_dims: Sequence[tuple[int, int]] = (), timeout: float = DEFAULT_TIMEOUT,
               jobs: int | None = None, progress: Progress | None = None,
               ledger_path: str | Path | None = None, record: bool = True, device: str = "cuda",
-              fake: str | None = None, environ: Mapping[str, str] | None = None) -> SmokeReport:
+              fake: str | None = None, environ: Mapping[str, str] | None = None,
+              map_failures: bool = True) -> SmokeReport:
     """Run the smoke cases of `level` for each backend on each GPU of `env`; see the module doc.
 
     `device="cpu"` runs tensors on the CPU (tests; only SDPA's rules accept CPU tensors, unless
     `env` lists GPUs, whose rules are then applied to CPU tensors). `fake="file.py:function"`
     stands in for `call_backend` in the children. Results go to the vetting ledger unless
-    `record=False`.
+    `record=False`. With `map_failures`, each failure's neighbours (`cases.neighbours`: the other
+    dtype, masks, windows and GQA at its head dims) run next, so the ledger holds its extent.
     """
     started, clock = time.time(), time.monotonic()
     chosen: list[GpuFacts | None] = select_gpus(env, gpus)
@@ -281,11 +283,32 @@ def run_smoke(env: Environment, *, level: str = "quick", backends: Sequence[Back
     rank = {(t.gpu.cuda_index if t.gpu else None, c["name"]): c["id"] for t in targets for c in t.plain}
     results = tuple(sorted(collector.results, key=lambda r: (rank[(r.gpu, r.case)], r.direction != "fwd")))
     used = [g for g in chosen if any(t.gpu is g for t in targets)]
+    extent = _failure_neighbours(results) if map_failures else []
+    if extent:
+        more = run_smoke(env, level=None, backends=sorted({r.backend for r in results if failed(r.outcome)}),
+                         gpus=gpus, extra_specs=extent, timeout=timeout, jobs=jobs, progress=progress,
+                         record=False, device=device, fake=fake, environ=environ, map_failures=False)
+        seen = {(r.gpu, r.case, r.direction) for r in results}
+        results += tuple(r for r in more.cases if (r.gpu, r.case, r.direction) not in seen)
+        phases = replace(phases, run_seconds=phases.run_seconds + more.phases.total_seconds,
+                         total_seconds=time.monotonic() - clock)
     report = SmokeReport(level=level, cases=results, phases=phases, gpus=tuple(_label(g) for g in used),
                          ledger_entries=ledger_entries(env, [g for g in used if g], results),
                          started_at=started, finished_at=time.time(),
                          bytecode_cache=base_env.get(bytecode.PREFIX))
     return record_report(report, ledger_path) if record else report
+
+
+def _failure_neighbours(results: Sequence[CaseResult]) -> list[AttentionSpec]:
+    """The neighbours of every failed case that the run did not already hold."""
+    ran = {r.case.split(":", 1)[1] for r in results}
+    found: dict[str, AttentionSpec] = {}
+    for r in results:
+        if failed(r.outcome):
+            for spec in neighbours(AttentionSpec.from_dict(r.spec)):
+                if case_slug(spec) not in ran:
+                    found.setdefault(case_slug(spec), spec)
+    return list(found.values())
 
 
 def _child_environ(environ: Mapping[str, str] | None, fake: str | None,

@@ -14,6 +14,7 @@ from probe_fakes import fa4, fa4_deps
 
 from fa4doctor.cli import cli
 from fa4doctor.environment import Environment, LedgerEntry, load_environment
+from ledger_helpers import flat_entry
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "nvml"
 REPO = Path(__file__).parent.parent.parent
@@ -157,7 +158,7 @@ def test_smoke_results_feed_the_verdicts(tmp_path, monkeypatch):
     calls = {}
 
     class FakeReport:
-        ledger_entries = (LedgerEntry(backend=BackendName.SDPA, fingerprint="x", case="c", dtype="bf16",
+        ledger_entries = (flat_entry(backend=BackendName.SDPA, fingerprint="x", case="c", dtype="bf16",
                                       head_dim_qk=128, head_dim_v=128, attn_mask_type="causal", window=False,
                                       direction="fwd", outcome="pass"),)
 
@@ -175,6 +176,25 @@ def test_smoke_results_feed_the_verdicts(tmp_path, monkeypatch):
     assert calls == {"level": "quick", "gpus": 1}
     assert report["smoke"]["schema"] == "fa4doctor.smoke"
     assert len(report["environment"]["ledger"]) == 1
+
+
+def test_a_set_fa4_knob_is_a_problem_in_json_and_text(tmp_path, monkeypatch, fa4_site):
+    from fa4doctor.probe.knobs import KNOBS
+
+    for knob in KNOBS:
+        monkeypatch.delenv(knob.name, raising=False)
+    monkeypatch.setenv("FA_DISABLE_2CTA", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.syspath_prepend(str(fa4_site))  # FA4 installed: the knobs are read by something
+    replay = ("--no-imports", "--nvml-replay", str(FIXTURES / "healthy_h100.json"))
+    report = json.loads(invoke(tmp_path, monkeypatch, "--json", *replay).output)
+    (problem,) = [p for p in report["problems"] if p["code"] == "fa4_knob_set"]
+    assert problem["severity"] == "warning"
+    assert problem["message"].startswith("FA_DISABLE_2CTA='1' is set: 1 turns off the 2-CTA kernels")
+    assert problem["fix"].startswith("unset FA_DISABLE_2CTA unless intended")
+    assert report["environment"]["knobs"] == [{"name": "FA_DISABLE_2CTA", "value": "1", "changes_kernels": True}]
+    text = invoke(tmp_path, monkeypatch, *replay).output
+    assert "fa4_knob_set: FA_DISABLE_2CTA='1' is set" in text and "unset FA_DISABLE_2CTA unless intended" in text
 
 
 def _nvml_works() -> bool:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from fa4doctor.cli import cli
 from fa4doctor.environment import LedgerEntry, load_environment
+from ledger_helpers import flat_entry
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 H100 = str(EXAMPLES / "h100-fa4-b36.json")
@@ -105,7 +106,7 @@ def test_ledger_entries_replace_the_environments(tmp_path):
     from fa4doctor.probe.ledger import record
 
     env = load_environment(H100)
-    entry = LedgerEntry(backend=BackendName.FA4, fingerprint=fingerprint(BackendName.FA4, env, env.gpu(0)),
+    entry = flat_entry(backend=BackendName.FA4, fingerprint=fingerprint(BackendName.FA4, env, env.gpu(0)),
                         case="bf16-d128", dtype="bf16", head_dim_qk=128, head_dim_v=128, attn_mask_type="no_mask",
                         window=False, direction="fwd", outcome="wrong_result", detail="out rel err 0.9")
     ledger = record([entry], tmp_path / "ledger.json")

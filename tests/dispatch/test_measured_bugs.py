@@ -33,7 +33,8 @@ def test_sm90_dq_rule_matches_the_h100_thorough_run(head_dim):
 
 @pytest.mark.parametrize("version, cc, training, refused", [
     ("4.0.0b36", (9, 0), True, True), ("4.0.0b11", (9, 0), True, True),
-    ("4.0.0b37", (9, 0), True, False), ("4.0.0b36", (9, 0), False, False),
+    ("4.0.0b37", (9, 0), True, True), ("4.0.0b40", (9, 0), True, True), ("4.0.0b99", (9, 0), True, True),
+    ("4.0.0b36", (9, 0), False, False),
     ("4.0.0b36", (10, 0), True, False)])
 def test_sm90_dq_rule_boundaries(version, cc, training, refused):
     spec = AttentionSpec(head_dim_qk=80, training=training)

@@ -60,12 +60,12 @@ def test_fa4_sm100_head_dims_newer_than_b5(dims, since):
 
 @pytest.mark.parametrize("seqlen_kv, ok", [(1024, True), (2048, False), (1, False)])
 def test_fa4_sm100_hd256_cross_attention(seqlen_kv, ok):
-    s = spec(256, seqlen_q=1024, seqlen_kv=seqlen_kv, training=False)  # K12, TE utils.py:1026-1042
+    s = spec(256, seqlen_q=1024, seqlen_kv=seqlen_kv, training=False)  # TE utils.py:1026-1042
     assert (HD not in codes(B.FA4, s, only(B.FA4, (10, 0)))) is ok
     assert HD not in codes(B.FA4, s, only(B.FA4, (9, 0)))  # SM100 only
 
 
-def _te_mla_bug(hd, hd_v):  # written from TE utils.py:1044-1069 as quoted in backend-rules.md §1.6
+def _te_mla_bug(hd, hd_v):  # written from TE utils.py:1044-1069 (docs/sources.md#fa4-sm100-head-dim-exclusions)
     tile, tile_v = math.ceil(hd / 16) * 16, math.ceil(hd_v / 16) * 16
     return hd != hd_v and hd >= 128 and (tile_v // 2) % math.gcd(32, tile // 2) != 0
 
@@ -81,7 +81,7 @@ def test_fa4_sm100_mla_backward_bug(dims):
 
 
 @pytest.mark.parametrize("heads, dims, training, cc, ok", [
-    ((16, 4), (192, 128), True, (9, 0), False),   # K9: AssertionError measured on an H100
+    ((16, 4), (192, 128), True, (9, 0), False),   # AssertionError measured on an H100 (docs/validation/h100-gpu-numerics.txt)
     ((16, 4), (192, 128), False, (9, 0), True),   # forward is fine
     ((16, 16), (192, 128), True, (9, 0), True),   # no GQA
     ((16, 4), (128, 128), True, (9, 0), True),    # equal head dims

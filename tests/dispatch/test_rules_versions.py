@@ -20,7 +20,7 @@ VERSION_CODES = {R.VERSION_TOO_OLD, R.VERSION_TOO_NEW, R.VERSION_WRONG_GENERATIO
 
 
 def test_the_gates_are_the_documented_ones():
-    # backend-rules.md §6 and issue 2: these constants are the data every test below derives from.
+    # docs/sources.md#fa4-minimum-version and issue 2: these constants are the data every test below derives from.
     assert (FA4.MIN_VERSION, FA4.RECOMMENDED_VERSION, FA4.GENERATION) == ("4.0.0b5", "4.0.0b11", 4)
     assert (FA3.MIN_VERSION, FA3.MAX_VERSION, FA3.GENERATION) == (None, None, 3)
     assert (FA2.MIN_VERSION, FA2.MAX_VERSION, FA2.BLACKWELL_MIN_VERSION) == ("2.1.1", "2.9", "2.7.3")
@@ -60,7 +60,7 @@ def test_parse_rejects_non_pep440():
     (B.FA3, "3.0.0b1", set()),
     (B.FA3, "3.0.0", set()),
     (B.FA3, "3.0.0b1+local", set()),
-    # TE PR #2432's range 3.0.0b < v < 4.0.0 took FA4 betas for FA3 (backend-rules.md §1.1).
+    # TE PR #2432's range 3.0.0b < v < 4.0.0 took FA4 betas for FA3 (docs/sources.md#te-version-ranges).
     (B.FA3, "4.0.0b8", {R.VERSION_WRONG_GENERATION}),
     (B.FA3, "2.8.3", {R.VERSION_WRONG_GENERATION}),
     (B.FA2, previous(FA2.MIN_VERSION), {R.VERSION_TOO_OLD}),  # 2.1.0

@@ -13,6 +13,7 @@ from fa4doctor.dispatch.selection import decide, select
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import DriverInfo, LedgerEntry, TorchInfo
+from ledger_helpers import flat_entry
 
 from .dispatch_envs import make_env, only
 
@@ -87,7 +88,7 @@ def _entry(env, backend=B.FA4, outcome="wrong_result", direction="bwd", **overri
                   dtype="bf16", head_dim_qk=128, head_dim_v=128, attn_mask_type="causal", window=False,
                   direction=direction, outcome=outcome, detail="dq rel err 0.4")
     values.update(overrides)
-    return LedgerEntry(**values)
+    return flat_entry(**values)
 
 
 def test_a_smoke_failure_on_this_node_refuses_the_backend():
@@ -114,6 +115,28 @@ def test_an_upgrade_changes_the_fingerprint():
                                            else b for b in new.backends))]
     assert all(fingerprint(B.FA4, env, env.gpu(0)) != base for env in changed)
     assert fingerprint(B.FA4, replace(new, hostname="elsewhere"), new.gpu(0)) == base  # not what makes it valid
+
+
+def test_fa4_knobs_enter_the_fingerprint_only_when_set():
+    from pathlib import Path
+
+    from fa4doctor.environment import Knob, load_environment
+
+    # The H100 node's snapshot and the fingerprint its ledger recorded before knobs were kept.
+    env = load_environment(Path(__file__).parents[1] / "fixtures" / "smoke" / "h100-fa4-b36-env.json")
+    gpu = env.gpu(0)
+    assert env.knobs == () and fingerprint(B.FA4, env, gpu) == "940d6b53137b7a81"
+    assert fingerprint(B.SDPA, env, gpu) == "34177ad6be560639"
+
+    def fa4_with(*knobs):
+        return fingerprint(B.FA4, replace(env, knobs=knobs), gpu)
+
+    arch, two_cta = Knob("FLASH_ATTENTION_ARCH", "sm_90"), Knob("FA_DISABLE_2CTA", "1")
+    assert fa4_with(arch) != "940d6b53137b7a81"
+    assert fa4_with(arch) != fa4_with(Knob("FLASH_ATTENTION_ARCH", "90"))  # another setting, another proof
+    assert fa4_with(arch, two_cta) == fa4_with(two_cta, arch) != fa4_with(arch)
+    assert fa4_with(Knob("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1", changes_kernels=False)) == "940d6b53137b7a81"
+    assert fingerprint(B.SDPA, replace(env, knobs=(arch,)), gpu) == "34177ad6be560639"  # FA4's knobs only
 
 
 def test_sdpa_smoke_failure_is_an_advisory_not_a_refusal():

@@ -17,7 +17,7 @@ SIDES = (-1, 0, 1, 2, 5)
 
 
 def canonical(mask: MaskType, window: tuple[int, int], sq: int, sk: int) -> set[tuple[int, int]]:
-    """TransformerEngine's meaning, written from its definition (DESIGN.md, spec docstring)."""
+    """TransformerEngine's meaning, written from its definition (docs/runtime.md, spec docstring)."""
     top_left = mask in (MaskType.CAUSAL, MaskType.PADDING_CAUSAL)
     d = 0 if top_left else sk - sq
     left, right = window
@@ -34,7 +34,7 @@ def canonical(mask: MaskType, window: tuple[int, int], sq: int, sk: int) -> set[
 
 
 def flash(call: FaMask, sq: int, sk: int) -> set[tuple[int, int]]:
-    """What FA2 >= 2.1, FA3 and FA4 keep: always the bottom-right diagonal (backend-rules.md §2.6)."""
+    """What FA2 >= 2.1, FA3 and FA4 keep: always the bottom-right diagonal (docs/sources.md#causal-alignment)."""
     d = sk - sq
     return {(i, j) for i, j in itertools.product(range(sq), range(sk))
             if not (call.causal and j > i + d)
@@ -54,7 +54,7 @@ def test_fa_mask_keeps_exactly_the_canonical_pairs(mask):
             assert spec.top_left_misaligned  # only top-left causal with sq != sk is ever refused
             continue
         translated += 1
-        assert call.left is None or call.left >= 0  # None for unbounded, never FA2's -1 (§2.7)
+        assert call.left is None or call.left >= 0  # None for unbounded, never FA2's -1 (docs/sources.md#fa4-window-sides)
         assert call.right is None or call.right >= 0
         assert flash(call, sq, sk) == canonical(mask, spec.window_size, sq, sk), (spec.short(), call)
     assert translated

@@ -7,7 +7,7 @@ Run on an H100/H200 with FA4 installed (`../shared/gpu/fetch-fa4-wheels`), keepi
         | tee docs/validation/h100-gpu-numerics.txt
 
 Skips with the reason where there is no CUDA device or FA4 does not import. FA4 JIT-compiles each
-new configuration (about 2-8 s: h100-fa4-measurements.md), so the FA4 configurations stay few.
+new configuration (seconds each: docs/sources.md#fa4-start-up-cost), so the FA4 configurations stay few.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from fa4doctor.dispatch.default_specs import DEFAULT_SPECS
 from fa4doctor.probe.gather import gather, gather_environment
 from fa4doctor.probe.nvml import FakeNvml
 from fa4doctor.dispatch.report import build_report
+from ledger_helpers import flat_entry
 
 
 def node(site, tmp_path, fixture="healthy_h100", fa4_version="4.0.0b36", **options):
@@ -93,7 +94,7 @@ def test_mixed_gpus_judge_each_visible_gpu(site, tmp_path):
 def test_ledger_failure_turns_fa4_off_for_that_class(site, tmp_path):
     env = node(site, tmp_path)
     name, spec = DEFAULT_SPECS[0]
-    entry = LedgerEntry(backend=BackendName.FA4, fingerprint=fingerprint(BackendName.FA4, env, env.gpu(0)),
+    entry = flat_entry(backend=BackendName.FA4, fingerprint=fingerprint(BackendName.FA4, env, env.gpu(0)),
                         case="hd128_causal", dtype="bf16", head_dim_qk=128, head_dim_v=128,
                         attn_mask_type="causal", window=False, direction="bwd", outcome="wrong_result")
     ledger.record([entry], tmp_path / "ledger.json")
@@ -183,3 +184,23 @@ def test_torch_is_read_from_the_path_the_package_scan_searches(site, tmp_path):
     env = gather_environment(nvml=FakeNvml.from_file(NVML_FIXTURES / "healthy_h100.json"), check_imports=False,
                              environ={}, path=[str(site)], ledger_path=tmp_path / "ledger.json")
     assert (env.torch.version, env.torch.cuda) == ("2.11.0+cu130", "13.0")
+
+
+def test_fa4_knobs_are_recorded_and_reported(site, tmp_path):
+    from fa4doctor.environment import Knob
+
+    jit = str(tmp_path / "jit")
+    environ = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "FLASH_ATTENTION_ARCH": "sm_90",
+               "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED": "1", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": jit,
+               "OMP_NUM_THREADS": "4"}
+    env = node(site, tmp_path, environ=environ)
+    assert env.knobs == (Knob("FLASH_ATTENTION_ARCH", "sm_90"),
+                         Knob("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1", changes_kernels=False),
+                         Knob("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", jit, changes_kernels=False))
+    assert (env.jit_cache.enabled, env.jit_cache.directory) == (True, jit)  # the cache probe reads the same two
+    knobs = [(f.severity, f.message.split(" is set")[0]) for f in env.findings if f.code == "fa4_knob_set"]
+    assert knobs == [("warning", "FLASH_ATTENTION_ARCH='sm_90'"), ("info", "FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED='1'"),
+                     ("info", f"FLASH_ATTENTION_CUTE_DSL_CACHE_DIR={jit!r}")]
+    assert Environment.from_json(env.to_json()) == env
+    assert build_report(env)["healthy"] is True  # warnings and info only
+    assert node(site / "again", tmp_path).knobs == ()

@@ -187,3 +187,31 @@ def test_gpu_probe_shuts_nvml_down_after_handing_over_the_facts():
     GpuProbe(NoDriver({"init_error": 12})).result()
     time.sleep(0.1)
     assert failed == []  # nothing to shut down when init failed
+
+
+def test_fabric_state_comes_from_the_versioned_query_only():
+    """The unversioned nvmlDeviceGetGpuFabricInfo crashed `check` on an H200 (the driver writes a
+    larger struct than pynvml's v1); only the versioned call, which states its size, is made."""
+    import types
+
+    import pynvml
+
+    calls = []
+
+    def versioned(handle, info):
+        calls.append(type(info).__name__)
+        info.state, info.status = 3, 0
+
+    def unversioned(handle, info):  # pragma: no cover (the test fails if it is reached)
+        raise AssertionError("the unversioned fabric query was called")
+
+    fake = types.SimpleNamespace(NVMLError=pynvml.NVMLError, c_nvmlGpuFabricInfo_v2_t=pynvml.c_nvmlGpuFabricInfo_v2_t,
+                                 nvmlDeviceGetGpuFabricInfoV=versioned, nvmlDeviceGetGpuFabricInfo=unversioned)
+    source = PynvmlSource()
+    source._nvml = fake
+    assert source.call("nvmlDeviceGetGpuFabricInfo", "handle") == {"state": 3, "status": 0}
+    assert calls == ["c_nvmlGpuFabricInfo_v2_t"]
+    del fake.nvmlDeviceGetGpuFabricInfoV
+    with pytest.raises(NvmlFailure) as failure:
+        source.call("nvmlDeviceGetGpuFabricInfo", "handle")
+    assert failure.value.code == 3

@@ -90,7 +90,7 @@ def test_names_and_labels_follow_prometheus_conventions(site, tmp_path):
         assert not family.name.endswith("_total")
         for sample in family.samples:
             for label in sample.labels:
-                # promtool's camelCase lint is [a-z][A-Z]; dcgm-exporter's UUID passes it (§2.7)
+                # promtool's camelCase lint is [a-z][A-Z]; dcgm-exporter's UUID passes it (docs/sources.md#promtool)
                 assert not re.search(r"[a-z][A-Z]", label), label
             assert "version" not in sample.labels or sample.name.endswith("_info")
 

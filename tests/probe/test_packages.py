@@ -39,7 +39,7 @@ def test_clean_fa4_b36_install_has_no_problems(site):
 
 
 def test_version_comes_from_metadata_not_dunder_version(site):
-    # FA4's __init__ reports "0.0.0" (backend-rules.md §2.1); the file content must not matter.
+    # FA4's __init__ reports "0.0.0" (docs/sources.md#fa4-version); the file content must not matter.
     fa4(site, version="4.0.0b3")
     (site / "flash_attn/cute/__init__.py").write_text('__version__ = "0.0.0"\n')
     assert _backend(scan_packages(path=[str(site)]), "fa4").version == "4.0.0b3"

@@ -107,3 +107,15 @@ def test_jit_cache_not_writable(tmp_path):
     locked.mkdir(mode=0o500)
     cache = read_jit_cache({"FLASH_ATTENTION_CUTE_DSL_CACHE_DIR": str(locked / "cache")})
     assert cache.writable is False
+
+
+@pytest.mark.parametrize("version, severity", [("4.0.0b36", "error"), ("4.0.0b39", "error"),
+                                               ("4.0.0b40", "warning"), ("4.0.0b99", "warning"),
+                                               ("not-a-version", "error")])
+def test_an_unwritable_cache_fails_fa4_before_b40_and_only_warns_from_it(version, severity):
+    from fa4doctor.environment import JitCache
+    from fa4doctor.probe.problems import jit_cache_findings
+
+    found = jit_cache_findings(JitCache(enabled=True, directory="/ro", writable=False), version)
+    assert [(f.code, f.severity) for f in found] == [("jit_cache_not_writable", severity)]
+    assert jit_cache_findings(JitCache(enabled=True, directory="/ro", writable=False), None) == []

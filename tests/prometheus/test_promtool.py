@@ -13,6 +13,7 @@ import pytest
 
 from fa4doctor.serve.collector import Collector
 from fa4doctor.serve.daemon import DaemonState, GpuLoad
+from fa4doctor.serve.revet import Vetting
 from fa4doctor.serve.server import make_server
 from tests.serve.helpers import write_counters
 
@@ -59,10 +60,13 @@ def test_a_full_scrape_passes_promtool_check_metrics(tmp_path, promtool, check_r
     state = DaemonState(ready=True, check=check_report, smoke=SMOKE, probe_up=True,
                         probe_last_success=1.7e9, probe_last_seconds=3.2, probe_cycles=4,
                         probe_failures=(("timeout", 1),), smoke_runs=1, smoke_skips=(("gpus_busy", 2),),
-                        nvml_up=True, gpus=(GpuLoad(0, "GPU-1", 0),), smoke_last_success=1.7e9)
+                        nvml_up=True, gpus=(GpuLoad(0, "GPU-1", 0),), smoke_last_success=1.7e9,
+                        vetting=(Vetting("fa4", 0, "GPU-1", False), Vetting("sdpa", 0, "GPU-1", True)),
+                        revet_pending=True, revet_runs=1, revet_failures=(("timeout", 1),))
     text = scrape(tmp_path, state)
     for name in ("fa4doctor_backend_available", "fa4doctor_probe_up", "fa4doctor_dispatch_calls_total",
-                 "fa4doctor_smoke_cases", "fa4doctor_metrics_dir_files"):
+                 "fa4doctor_smoke_cases", "fa4doctor_metrics_dir_files", "fa4doctor_vetting_current",
+                 "fa4doctor_unvetted_calls_total", "fa4doctor_serve_revet_failures_total"):
         assert name in text
     (tmp_path / "scrape.txt").write_text(text)
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)

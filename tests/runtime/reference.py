@@ -1,6 +1,6 @@
 """Attention from its definition, in float64: the yardstick every backend is measured against.
 
-Written from the canonical meaning (DESIGN.md): query i of a sequence with sq queries and sk keys
+Written from the canonical meaning (docs/runtime.md): query i of a sequence with sq queries and sk keys
 may see key j when the mask and window allow it, with the diagonal at i + d, where d = 0 for the
 top-left masks (`causal`, `padding_causal`) and d = sk - sq for all others. Scores are
 `scale * q.k`, then softcap `c * tanh(s / c)`, then ALiBi `-slope * |i + d - j|`; the sink adds
@@ -91,7 +91,7 @@ def reference(q, k, v, *, mask="no_mask", window=(-1, -1), scale=None, softcap=0
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    """Relative L2 error, as h100-fa4-measurements.md reports it."""
+    """Relative L2 error, as the H100 runs in docs/validation/ report it."""
     got, want = got.double(), want.double()
     scale = want.norm().item()
     return (got - want).norm().item() / (scale if scale > 0 else 1.0)

@@ -40,7 +40,7 @@ def test_dense_translation(fakes, backend, mask, window, sq, sk):
     q, k, v = _qkv(sq, sk)
     out = call_backend(backend, q, k, v, attn_mask_type=mask, window_size=window)
     call = _only_call(fakes, backend)
-    assert call["args"] == ()  # keywords only (FA4 b9 moved the positions: backend-rules.md §2.3)
+    assert call["args"] == ()  # keywords only (FA4 b9 moved the positions: docs/sources.md#fa4-keyword-arguments)
     assert call["kwargs"]["softmax_scale"] == pytest.approx(16 ** -0.5)
     want = reference(q, k, v, mask=mask, window=window or (-1, -1))
     assert rel_err(out, want) < 2e-2, rel_err(out, want)

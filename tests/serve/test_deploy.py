@@ -41,7 +41,8 @@ def exported_names(tmp_path_factory) -> set[str]:
     for family in Collector(lambda: state, metrics_dir=metrics_dir).collect():
         names.add(family.name)
         names.update(s.name for s in family.samples)
-    return names | {"fa4doctor_dispatch_calls_total", "fa4doctor_dispatch_fallbacks_total"}  # no samples yet
+    return names | {"fa4doctor_dispatch_calls_total", "fa4doctor_dispatch_fallbacks_total",
+                    "fa4doctor_unvetted_calls_total"}  # no samples yet
 
 
 def referenced(text: str) -> set[str]:

@@ -16,7 +16,7 @@ H100 = GpuFacts(name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0), cuda_in
 
 
 def fa4_env(version: str = "4.0.0b36", gpu: GpuFacts = H100) -> Environment:
-    """The node of h100-fa4-measurements.md, as the probe records it."""
+    """The lent H100 of docs/validation/README.md, as the probe records it."""
     return Environment(
         gpus=(gpu,), torch=TorchInfo(version="2.11.0+cu130", cuda="13.0"),
         driver=DriverInfo(nvml_status="ok", driver_version="580.159.04", cuda_driver_version=13000),

@@ -11,6 +11,7 @@ from fa4doctor.dispatch.spec import AttentionSpec, Dtype, SpecError
 from fa4doctor.environment import Environment, GpuFacts
 from fa4doctor.smoke.cases import (LEVELS, MAX_SEQLEN, THOROUGH_HEAD_DIMS, parse_head_dims,
                                          plan_cases, user_specs)
+from ledger_helpers import flat_entry
 
 from .conftest import H100, fa4_env
 
@@ -66,7 +67,7 @@ def test_a_past_failure_in_the_ledger_never_hides_a_case():
     from fa4doctor.dispatch.vetting import fingerprint
 
     env = fa4_env()
-    entry = LedgerEntry(FA4, fingerprint(FA4, env, H100), "x", "bf16", 128, 128, "causal", False, "bwd", "crash")
+    entry = flat_entry(backend=FA4, fingerprint=fingerprint(FA4, env, H100), case="x", dtype="bf16", head_dim_qk=128, head_dim_v=128, attn_mask_type="causal", window=False, direction="bwd", outcome="crash")
     assert _fa4(plan_cases(env.with_ledger((entry,)), "quick", gpu=H100)) == _fa4(plan_cases(env, "quick", gpu=H100))
 
 

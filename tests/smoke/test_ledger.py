@@ -17,6 +17,7 @@ from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import LedgerEntry
 from fa4doctor.probe.ledger import default_ledger_path, read_ledger, record
+from ledger_helpers import flat_entry
 
 from .conftest import H100, fa4_env
 
@@ -27,7 +28,7 @@ def _entry(case: str, outcome: str = "pass", fp: str = "f" * 16, **changes) -> L
     fields = dict(backend=FA4, fingerprint=fp, case=case, dtype="bf16", head_dim_qk=128, head_dim_v=128,
                   attn_mask_type="causal", window=False, direction="bwd", outcome=outcome,
                   gpu_uuid=H100.uuid)
-    return LedgerEntry(**{**fields, **changes})
+    return flat_entry(**{**fields, **changes})
 
 
 def _writer(path: str, rank: int, rounds: int) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fa4doctor.names import BackendName
-from fa4doctor.dispatch.spec import SpecError
+from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 from fa4doctor.environment import Environment
 from fa4doctor.probe.ledger import read_ledger
 from fa4doctor.smoke.runner import ProgressEvent, _child_environ, _child_spec, run_smoke, select_gpus
@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _run(env, name, **kwargs):
     kwargs.setdefault("record", False)
+    kwargs.setdefault("map_failures", False)  # test_a_failure_maps_its_extent runs it
     return run_smoke(env, backends=[FA4], device="cpu", fake=fake(name), jobs=1, **kwargs)
 
 
@@ -104,7 +105,7 @@ def test_sdpa_for_real_on_the_cpu():
     report = run_smoke(Environment(), level="standard", device="cpu", record=False)
     assert report.cases and {c.backend for c in report.cases} == {"sdpa"}
     assert [c for c in report.cases if c.outcome != "pass"] == []
-    assert len(report.cases) == 32
+    assert len(report.cases) == 35  # 16 training cases forward and backward, 3 decode forward
 
 
 def test_no_gpu_and_cuda_runs_nothing():
@@ -154,7 +155,7 @@ def test_compile_phase_then_run_phase_on_two_gpus_one_of_them_faulty(tmp_path, m
     env = replace(fa4_env(), gpus=(H100, bad))
     dims = [(d, d) for d in (32, 64, 96, 160, 256)]
     report = run_smoke(env, backends=["FA4"], device="cpu", fake=fake("wrong_on_bad_gpu"), jobs=2,
-                       head_dims=dims, record=False)
+                       head_dims=dims, record=False, map_failures=False)
     assert report.phases.compile_seconds > 0
     rows = [line.split() for line in log.read_text().splitlines()]
     assert {(enabled, directory) for _, _, enabled, directory, _ in rows} == {("1", cache)}
@@ -215,3 +216,23 @@ def test_each_backend_of_a_gpu_runs_in_its_own_child(h100_env, tmp_path, monkeyp
     assert [g.uuid for g in report.gpus] == [H100.uuid]
     assert {(e.backend, e.direction) for e in report.ledger_entries} == {
         ("fa4", "fwd"), ("fa4", "bwd"), ("sdpa", "fwd"), ("sdpa", "bwd")}
+
+
+def test_a_failure_maps_its_extent_and_the_ledger_refuses_only_what_it_reaches(h100_env, tmp_path):
+    """A wrong dq at head dim 96 makes smoke run that head dim's neighbours (other dtype, masks,
+    windows, GQA); they fail too and are recorded, while head dim 128 stays clean."""
+    from fa4doctor.dispatch.selection import decide
+    from fa4doctor.probe.ledger import read_ledger
+
+    path = tmp_path / "ledger.json"
+    report = _run(h100_env, "bwd_wrong_d96", head_dims=[(96, 96)], record=True, ledger_path=path,
+                  map_failures=True)
+    failed_96 = {c.case for c in report.cases if c.direction == "bwd" and c.outcome != "pass"}
+    assert {"fa4:fp16-d96-h2-s128-causal", "fa4:bf16-d96-h2-s128-no_mask",
+            "fa4:bf16-d96-h8/2-s128-causal", "fa4:bf16-d96-h2-s128-causal-w64,0"} <= failed_96
+    assert all(c.outcome == "pass" for c in report.cases if c.spec["head_dim_qk"] != 96)
+    env = h100_env.with_ledger(read_ledger(path).entries)
+    reached = AttentionSpec(dtype="fp16", head_dim_qk=96, num_heads_q=16, num_heads_kv=4, seqlen_q=2048,
+                            attn_mask_type="causal_bottom_right", window_size=(128, 0))
+    assert decide(reached, env).chosen is not BackendName.FA4
+    assert decide(replace(reached, head_dim_qk=128, head_dim_v=128), env).chosen is BackendName.FA4

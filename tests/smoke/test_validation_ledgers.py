@@ -27,10 +27,11 @@ NODES = sorted(p.name[: -len("-ledger.json")] for p in FIXTURES.glob("*-ledger.j
 
 
 def _spec(entry) -> AttentionSpec:
-    mask = entry.attn_mask_type
-    window = (64, 0) if entry.window and "causal" in mask else (32, 32) if entry.window else (-1, -1)
+    klass = entry.case_class
+    mask = klass.attn_mask_type
+    window = (64, 0) if klass.window and "causal" in mask else (32, 32) if klass.window else (-1, -1)
     varlen = mask.startswith("padding")
-    return AttentionSpec(dtype=entry.dtype, head_dim_qk=entry.head_dim_qk, head_dim_v=entry.head_dim_v,
+    return AttentionSpec(dtype=klass.dtype, head_dim_qk=klass.head_dim_qk, head_dim_v=klass.head_dim_v,
                          attn_mask_type=mask, window_size=window, training=entry.direction == "bwd",
                          qkv_format="thd" if varlen else "bshd", same_seqlens=True if varlen else None)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from fa4doctor.dispatch.known_bugs import known_bugs
 from fa4doctor.dispatch.reasons import BackendName, Reason, ReasonCode
 from fa4doctor.dispatch.semantics import fa_mask
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
 from fa4doctor.dispatch.versions import at_least, below, parse
-from fa4doctor.dispatch.vetting import ledger_failures
+from fa4doctor.dispatch.vetting import evidence, ledger_failures
 from fa4doctor.environment import USABLE_IMPORTS, Environment, GpuFacts
 
 R = ReasonCode
@@ -83,6 +84,7 @@ class Backend:
         reasons += cls.mask_reasons(spec, env)
         if facts is not None and not device:
             reasons += cls.special_reasons(spec, env, facts)
+            reasons += cls.known_bug_reasons(spec, env, facts)[0]
             if cls.LEDGER_BLOCKS:
                 reasons += ledger_failures(cls.NAME, spec, env, facts)
         return reasons
@@ -101,7 +103,32 @@ class Backend:
             notes.append(Reason(R.EXPERIMENTAL_ARCH, f"{cls.NAME.value} on {cc_text(facts)} is experimental"))
         if facts and not cls.LEDGER_BLOCKS:
             notes += ledger_failures(cls.NAME, spec, env, facts)
+        if facts and not cls.device_reasons(spec, env, gpu):
+            notes += cls.known_bug_reasons(spec, env, facts)[1]
         return notes
+
+    @classmethod
+    def known_bug_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> tuple[list[Reason], list[Reason]]:
+        """(refusals, lifted): each known bug of this call (dispatch/known_bugs.py) is refused
+        unless this node's ledger proves the call's exact class in the bug's direction."""
+        bugs = known_bugs(cls.NAME, spec, gpu.compute_capability[0], cls.version(env))
+        if not bugs:
+            return [], []
+        proven = {found.direction: found.passed for found in evidence(cls.NAME, spec, env, gpu) if found.proven}
+        refused, lifted = [], []
+        for bug in bugs:
+            entry = proven.get(bug.direction)
+            if entry is None:
+                refused.append(Reason(bug.code, bug.text()))
+            else:
+                lifted.append(Reason(R.KNOWN_BUG_LIFTED, f"{bug.id} is lifted on this node: smoke case "
+                                     f"{entry.case} ({entry.direction}) passed, recorded {entry.recorded_at}"))
+        return refused, lifted
+
+    @classmethod
+    def negative_windows(cls, version: str | None) -> bool:
+        """Whether this version reads a negative window side literally (the rules and the adapter agree)."""
+        return cls.NEGATIVE_WINDOWS_SINCE is not None and at_least(version, cls.NEGATIVE_WINDOWS_SINCE)
 
     # --- the generic checks, each walking one piece of capability data ---------------------------
 
@@ -192,7 +219,7 @@ class Backend:
         # exactly the same thing (semantics.fa_mask), and never with ALiBi, whose diagonal cannot move.
         where = "per sequence of a variable-length batch" if spec.varlen else \
             f"seqlen_q={spec.seqlen_q}, seqlen_kv={spec.seqlen_kv}"
-        negative = cls.NEGATIVE_WINDOWS_SINCE is not None and cls.has_version(env, cls.NEGATIVE_WINDOWS_SINCE)
+        negative = cls.negative_windows(cls.version(env))
         translated = fa_mask(spec, negative_sides=negative)
         if translated is None or spec.alibi:
             return [Reason(R.CAUSAL_ALIGNMENT, f"top-left {spec.attn_mask_type.value} with {where} cannot be "

@@ -1,13 +1,13 @@
 """FlashAttention-2 (`flash-attn`, module `flash_attn`, extension `flash_attn_2_cuda`).
 
-Facts from backend-rules.md §3.1 (FA2 v2.8.3 `flash_api.cpp`, signatures across releases) and
-TE's filters (§1.3).
+Facts from FA2 v2.8.3 `flash_api.cpp`, the signatures across releases and TE's filters
+(docs/sources.md#flashattention-2, #te-filters).
 """
 
 from __future__ import annotations
 
 from fa4doctor.dispatch.backends.base import Backend, R, cc_text
-from fa4doctor.dispatch.backends.fa3 import context_parallel_problems
+from fa4doctor.dispatch.backends.te import context_parallel_problems
 from fa4doctor import names
 from fa4doctor.names import BackendName
 from fa4doctor.dispatch.reasons import Reason
@@ -37,7 +37,7 @@ class FA2(Backend):
         "softcap": "2.6",
         "context_parallel": "",  # TE's CP exclusions checked below
         # No learnable_sink: FA2 has no sink argument; TE refuses every FA for a non-vanilla
-        # softmax (TE utils.py:1113-1124, backend-rules.md §1 row 11).
+        # softmax (TE utils.py:1113-1124).
     }
 
     @classmethod

@@ -1,16 +1,17 @@
 """FlashAttention-3 (`flash_attn_3`, module `flash_attn_interface`): the Hopper build.
 
-Facts from backend-rules.md §3.2 (FA `hopper/flash_api.cpp` and `hopper/setup.py`) and TE's
-filters (§1.3). FA3 is not on PyPI; it is built from source.
+Facts from FA `hopper/flash_api.cpp` and `hopper/setup.py` and TE's filters
+(docs/sources.md#flashattention-3, #te-filters). FA3 is not on PyPI; it is built from source.
 """
 
 from __future__ import annotations
 
 from fa4doctor.dispatch.backends.base import Backend, R, cc_text
+from fa4doctor.dispatch.backends.te import context_parallel_problems
 from fa4doctor import names
 from fa4doctor.names import BackendName
 from fa4doctor.dispatch.reasons import Reason
-from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType
+from fa4doctor.dispatch.spec import AttentionSpec, Dtype
 from fa4doctor.environment import Environment, GpuFacts
 
 
@@ -18,7 +19,7 @@ class FA3(Backend):
     NAME = BackendName.FA3
     DISTRIBUTIONS = names.DISTRIBUTIONS[BackendName.FA3]
     # Only `major == 3`: the range `3.0.0b < v < 4.0.0` of TE PR #2432 also matched FA4 betas,
-    # because 4.0.0b8 < 4.0.0 under PEP 440 (backend-rules.md §1.1, fixed in TE #2910).
+    # because 4.0.0b8 < 4.0.0 under PEP 440 (fixed in TE #2910; docs/sources.md#te-version-ranges).
     GENERATION = 3
     FWD_ARCH_MAJORS = BWD_ARCH_MAJORS = frozenset({9})  # sm_90a kernels only; minor checked below
     DTYPES = frozenset({Dtype.FP16, Dtype.BF16, Dtype.FP8_E4M3})  # flash_api.cpp:715-719
@@ -31,7 +32,7 @@ class FA3(Backend):
         "context_parallel": "",  # TE's CP exclusions checked below
         # No dropout_p and no alibi_slopes in FA3's Python signatures (PR #2223 "missing dropout").
         # No learnable_sink either: TE refuses every FA for a non-vanilla softmax (TE
-        # utils.py:1113-1124, backend-rules.md §1 row 11).
+        # utils.py:1113-1124).
     }
 
     @classmethod
@@ -65,18 +66,3 @@ def head_dim_problem(hd: int, hd_v: int, training: bool, dtype: Dtype = Dtype.BF
     if training and (hd % 8 or hd_v % 8):
         return f"the backward needs head dims divisible by 8, got ({hd}, {hd_v})"
     return None
-
-
-def context_parallel_problems(name: BackendName, spec: AttentionSpec) -> list[Reason]:
-    """TE's context-parallel exclusions for FA2 and FA3 (TE utils.py:1157-1214)."""
-    if not spec.context_parallel:
-        return []
-    problems = []
-    if spec.fp8:
-        problems.append("FP8")
-    if spec.attn_mask_type in (MaskType.CAUSAL_BOTTOM_RIGHT, MaskType.PADDING_CAUSAL_BOTTOM_RIGHT):
-        problems.append("bottom-right causal masks")
-    if spec.attn_mask_type.is_causal and spec.seqlen_q != spec.seqlen_kv:
-        problems.append("causal cross-attention")
-    return [Reason(R.CONTEXT_PARALLEL_UNSUPPORTED, f"context parallelism in {name.value} (through TE) "
-                   f"does not support {', '.join(problems)}")] if problems else []

@@ -1,7 +1,8 @@
 """FlashAttention-4 (`flash-attn-4`, module `flash_attn.cute`): CuTe DSL kernels, JIT-compiled.
 
-Facts from backend-rules.md §2 (FA4 b36 `flash_attn/cute/interface.py`, cited as iface:LINE) and
-the TransformerEngine rules of §1 (TE utils.py:LINE), checked on an H100 in h100-fa4-measurements.md.
+Facts from FA4 b36 `flash_attn/cute/interface.py` (cited as iface:LINE) and TransformerEngine's
+`get_attention_backend` (TE utils.py:LINE); the snapshots, and what was checked on an H100 under
+docs/validation/, are in docs/sources.md.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ class FA4(Backend):
     OBSOLETE_DISTRIBUTIONS = names.OBSOLETE_DISTRIBUTIONS[BackendName.FA4]
     GENERATION = 4
     # b5 is where SM90 training became usable (varlen, windows, head dims beyond 128) and where
-    # `_validate_head_dims` first appears, TE's implicit floor (backend-rules.md §2.8, K8).
+    # `_validate_head_dims` first appears, TE's implicit floor (docs/sources.md#fa4-minimum-version).
     MIN_VERSION = "4.0.0b5"
     # b11 is TransformerEngine's tested pin (TE qa/L3_pytorch_FA_versions_test/test.sh).
     RECOMMENDED_VERSION = "4.0.0b11"
     FWD_ARCH_MAJORS = frozenset({8, 9, 10, 11, 12})  # iface:845
-    BWD_ARCH_MAJORS = frozenset({9, 10, 11, 12})  # iface:2288: no SM80 backward (K15)
-    EXPERIMENTAL_ARCH_MAJORS = frozenset({8, 12})  # TE #3341 turns SM8x off; K14 for SM12x
+    BWD_ARCH_MAJORS = frozenset({9, 10, 11, 12})  # iface:2288: no SM80 backward
+    EXPERIMENTAL_ARCH_MAJORS = frozenset({8, 12})  # TE #3341 turns SM8x off; FA #2453 for SM12x
     # b30 (FA PR #2490) reads negative window sides literally, so a top-left causal mask with
     # seqlen_q < seqlen_kv becomes an exact window (semantics.fa_mask; docs/validation/h100-recon.txt).
     NEGATIVE_WINDOWS_SINCE = "4.0.0b30"
@@ -39,8 +40,10 @@ class FA4(Backend):
         "learnable_sink": "",  # forward on SM90/10x/11x, backward from b26, checked below
         "window": "",
         "deterministic": "",  # not on SM12x, checked below
-        # dropout, ALiBi, bias, KV cache and context parallelism: TE routes none of them to FA4
-        # (TE utils.py:1104-1111, 1382-1411, 1413-1423, 833-901, 1157-1214).
+        # dropout, ALiBi, bias and KV cache: TE routes none of them to FA4 (TE utils.py:1104-1111,
+        # 1382-1411, 1413-1423, 833-901). Context parallelism reaches FA4 on SM100+ only through TE's
+        # own CP wrappers since https://github.com/NVIDIA/TransformerEngine/pull/3149; fa4doctor's
+        # attention() does not split a sequence across ranks, so it stays refused here.
     }
 
     @classmethod
@@ -49,32 +52,26 @@ class FA4(Backend):
         reasons = cls._fp8_reasons(spec, env, gpu) + cls._head_dim_reasons(spec, env, gpu)
         if spec.training and spec.gqa and spec.mla and major == 9:
             # flash_bwd_sm90.py:116; raised "AssertionError: GQA backward requires head_dim ==
-            # head_dim_v" on an H100 with b36 (h100-fa4-measurements.md, K9).
+            # head_dim_v" on an H100 with b36 (docs/validation/h100-gpu-numerics.txt).
             reasons.append(Reason(R.GQA_UNSUPPORTED, f"backward with GQA and head_dim_qk != head_dim_v "
                                   f"asserts on {cc_text(gpu)}"))
-        if spec.num_splits != 1 and major not in (10, 11):
-            # "SplitKV not supported on SM 8.0/9.0" (iface:1612, 1631), also for the heuristic's
-            # splits (num_splits=0); SM120 asserts num_splits <= 1 (iface:417). TE utils.py:739-748, K16.
+        if cls._num_splits_refused(spec.num_splits, major, cls.version(env)):
             reasons.append(Reason(R.NUM_SPLITS_UNSUPPORTED, f"num_splits={spec.num_splits} needs SM100/SM110; "
-                                  f"FA4 takes only num_splits=1 on {cc_text(gpu)}"))
-        reasons += cls._feature_arch_reasons(spec, env, gpu) + cls._sm90_dq_reasons(spec, env, gpu)
+                                  f"flash-attn-4 {cls.version(env)} takes only num_splits=1"
+                                  f"{' or 0' if at_least(cls.version(env), AUTO_SPLITS_SINCE) else ''} "
+                                  f"on {cc_text(gpu)}"))
+        reasons += cls._feature_arch_reasons(spec, env, gpu)  # known bugs: dispatch/known_bugs.py
         return reasons
 
-    @classmethod
-    def _sm90_dq_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
-        # Found by fa4doctor's thorough smoke level on an H100 with b36 (docs/validation/h100-smoke/
-        # and h100-fa4-bug-repro.txt): the SM90 backward returns a wrong dq (relative error ~1; dk, dv
-        # and the forward are right) or fails to compile for head dims below 128 with
-        # head_dim % 32 in {8, 16}: 8, 16, 40, 48, 72, 80, 104, 112. Other multiples of 8 pass.
-        # Measured on b36 only; older betas are refused too (no fix is known), newer ones are left
-        # to their own smoke run.
-        if gpu.compute_capability[0] != 9 or not spec.training or at_least(cls.version(env), "4.0.0b37"):
-            return []
-        bad = sorted({d for d in (spec.head_dim_qk, spec.head_dim_v) if d < 128 and d % 32 in (8, 16)})
-        if not bad:
-            return []
-        return [Reason(R.KNOWN_BUG, f"the SM90 backward of flash-attn-4 <= 4.0.0b36 computes a wrong dq for "
-                       f"head dim {bad[0]} (head dims < 128 with head_dim % 32 in {{8, 16}}; measured on an H100)")]
+    @staticmethod
+    def _num_splits_refused(num_splits: int, major: int, version: str | None) -> bool:
+        if num_splits == 1 or major in (10, 11):
+            return False
+        # Below b39 "SplitKV not supported on SM 8.0/9.0" (iface:1612, 1631), also for the heuristic's
+        # splits (num_splits=0); SM120 asserts num_splits <= 1 (iface:417). From b39 num_splits=0 resolves
+        # to 1 off SM100 (flash_attn/cute/config.py 4.0.0b40 L1594-1596; interface.py 4.0.0b40 L193), and
+        # num_splits > 1 still raises (config.py 4.0.0b40 L1925-1930).
+        return not (num_splits == 0 and at_least(version, AUTO_SPLITS_SINCE))
 
     @classmethod
     def install_reasons(cls, env: Environment) -> list[Reason]:
@@ -83,7 +80,7 @@ class FA4(Backend):
         cutlass = dict(install.dependencies).get("nvidia-cutlass-dsl") if install else None
         if not reasons and parse(install.version).public == "4.0.0b24" and cutlass \
                 and not at_least(cutlass, "4.6.2"):
-            # TE backends.py:176-185 refuses exactly this pair with an ImportError (K3).
+            # TE backends.py:176-185 refuses exactly this pair with an ImportError.
             reasons.append(Reason(R.KNOWN_BUG, f"flash-attn-4 4.0.0b24 needs nvidia-cutlass-dsl >= 4.6.2, "
                                   f"found {cutlass}"))
         return reasons
@@ -96,7 +93,7 @@ class FA4(Backend):
         if gpu.compute_capability[0] != 10 or spec.training:
             return [Reason(R.FP8_UNSUPPORTED, f"FP8 runs forward-only on compute capability 10.x; "
                            f"asked for {'training' if spec.training else 'inference'} on {cc_text(gpu)}")]
-        if not cls.has_version(env, "4.0.0b10"):  # FP8 forward arrived in b10 (backend-rules.md §2.8)
+        if not cls.has_version(env, "4.0.0b10"):  # FP8 forward arrived in b10 (commit b65ae6b1)
             return [Reason(R.FP8_UNSUPPORTED, f"FP8 needs flash-attn-4 >= 4.0.0b10, found {cls.version(env)}")]
         return []
 
@@ -116,37 +113,22 @@ class FA4(Backend):
     @classmethod
     def _feature_arch_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
         major, reasons = gpu.compute_capability[0], []
-        hd256_sm100 = major in (10, 11) and (spec.head_dim_qk, spec.head_dim_v) == (256, 256)
         if spec.learnable_sink and major not in (9, 10, 11):
-            # SM80 asserts (flash_fwd.py:651); SM12x uses the SM80 kernel (§2.5).
+            # SM80 asserts (flash_fwd.py:651); SM12x uses the SM80 kernel.
             reasons.append(Reason(R.SINK_UNSUPPORTED, f"learnable sink has no kernel on {cc_text(gpu)}"))
         elif spec.learnable_sink and spec.training and not cls.has_version(env, "4.0.0b26"):
             reasons.append(Reason(R.SINK_UNSUPPORTED, f"learnable-sink backward needs flash-attn-4 >= "
                                   f"4.0.0b26 (FA PR #2706), found {cls.version(env)}"))
-        elif spec.learnable_sink and spec.training and hd256_sm100:
-            reasons.append(Reason(R.SINK_UNSUPPORTED, "the hd256 SM100 backward has no learnable sink (iface:2455)"))
-        if spec.softcap > 0 and spec.training and not cls.has_version(env, "4.0.0b9"):
-            # b0-b8 passed softcap=None to the backward kernel (FA PR #2402).
-            reasons.append(Reason(R.SOFTCAP_UNSUPPORTED, f"softcap backward needs flash-attn-4 >= 4.0.0b9, "
-                                  f"found {cls.version(env)}"))
-        elif spec.softcap > 0 and spec.training and hd256_sm100:
-            reasons.append(Reason(R.SOFTCAP_UNSUPPORTED, "the hd256 SM100 backward has no softcap (iface:2958)"))
         if spec.deterministic and spec.training and major == 12:
             reasons.append(Reason(R.DETERMINISTIC_UNSUPPORTED, f"deterministic backward asserts on "
                                   f"{cc_text(gpu)} (iface:2352)"))
-        elif spec.deterministic and spec.training and spec.gqa and major == 9 \
-                and not cls.has_version(env, "4.0.0b12"):
-            # The SM90 backward was not deterministic with GQA before b12 (FA PR #2510).
-            reasons.append(Reason(R.DETERMINISTIC_UNSUPPORTED, f"deterministic backward with GQA on "
-                                  f"{cc_text(gpu)} needs flash-attn-4 >= 4.0.0b12, found {cls.version(env)}"))
-        if hd256_sm100 and spec.has_window:
-            # TE utils.py:1323-1380 turns hd256 sliding windows off on SM100/110 (FA PR #2749 open).
-            reasons.append(Reason(R.WINDOW_UNSUPPORTED, "sliding windows with head dims (256, 256) on SM100/110"))
         return reasons
 
 
+AUTO_SPLITS_SINCE = "4.0.0b39"  # num_splits=0 (auto) resolves to 1 off SM100 instead of raising
+
 # SM100/SM110 head-dim shapes newer than the b5 floor: (64, 512) MLA-absorbed arrived in b9,
-# the dedicated (256, 256) kernel in b11 (FA PR #2412), backend-rules.md §2.5 and §2.8.
+# the dedicated (256, 256) kernel in b11 (FA PR #2412); docs/sources.md#fa4-head-dims.
 SM100_HEAD_DIMS_SINCE = {(64, 512): "4.0.0b9", (256, 256): "4.0.0b11"}
 
 
@@ -171,12 +153,12 @@ def head_dim_problem(hd: int, hd_v: int, major: int, dtype: Dtype, training: boo
         return (f"(head_dim_qk, head_dim_v)=({hd}, {hd_v}) is not supported on SM{major}x: FA4 takes "
                 f"[8,128]x[8,128], (192,128), (64,512), (512,512) or (256,256), divisible by {alignment}")
     if (hd, hd_v) == (512, 512):
-        return "(512, 512) passes FA4's validator but runs out of TMEM on SM100 (TE utils.py:1013-1025, K13)"
+        return "(512, 512) passes FA4's validator but runs out of TMEM on SM100 (TE utils.py:1013-1025)"
     if (hd, hd_v) == (256, 256) and cross:
-        return "(256, 256) with seqlen_q != seqlen_kv diverges from the reference on SM100 (TE utils.py:1026-1042, K12)"
+        return "(256, 256) with seqlen_q != seqlen_kv diverges from the reference on SM100 (TE utils.py:1026-1042)"
     if training and hd != hd_v and hd >= 128 and _mla_bwd_misaligned(hd, hd_v):
         return (f"(head_dim_qk, head_dim_v)=({hd}, {hd_v}) hits the SM100 backward dK_reduce_ncol "
-                "misalignment (TE utils.py:1044-1069, K10)")
+                "misalignment (TE utils.py:1044-1069)")
     return None
 
 

@@ -11,11 +11,13 @@ the keywords `run` passes it for a dense call with no ALiBi or sink, so the comp
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.metadata as metadata
 from types import ModuleType
 from typing import Any, Callable, NamedTuple
 
-from fa4doctor.names import BackendName
+from fa4doctor.names import DISTRIBUTIONS, BackendName
 from fa4doctor.dispatch.semantics import FaMask, fa_mask
 from fa4doctor.dispatch.spec import AttentionSpec, SpecError
 
@@ -23,7 +25,8 @@ MODULES = {name: f"fa4doctor.runtime.adapters.{name.value}" for name in BackendN
 
 
 class AdapterImportError(ImportError):
-    """The backend's own module failed to import (any exception, not only ImportError: K3)."""
+    """The backend's own module failed to import (any exception, not only ImportError:
+    docs/sources.md#fa4-dependencies)."""
 
     def __init__(self, backend: BackendName, message: str):
         self.backend, self.message = backend, message
@@ -57,13 +60,24 @@ def load_module(backend: BackendName, module: str) -> ModuleType:
     """Import a backend's module; a broken install becomes `AdapterImportError`, never a crash."""
     try:
         return importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 (AttributeError from a stale CuTe tree, K3)
+    except Exception as exc:  # noqa: BLE001 (AttributeError from a stale CuTe tree: SkyRL PR #2132)
         raise AdapterImportError(backend, f"import {module} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def unwrap(result):
     """FA4 returns `(out, lse)`, FA3 did before #1851, FA2 with return_attn_probs: keep `out`."""
     return result[0] if isinstance(result, (tuple, list)) else result
+
+
+@functools.cache
+def installed_version(backend: BackendName) -> str | None:
+    """The version of the distribution that provides `backend`, from its metadata (as the rules read it)."""
+    for name in DISTRIBUTIONS[backend]:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def fa_window(spec: AttentionSpec, backend: BackendName, negative_sides: bool = False) -> FaMask:

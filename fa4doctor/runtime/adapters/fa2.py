@@ -1,4 +1,4 @@
-"""FlashAttention-2 (`flash_attn`; backend-rules.md §3.1).
+"""FlashAttention-2 (`flash_attn`; docs/sources.md#flashattention-2).
 
 FA2 needs one head dim for q, k and v, a multiple of 8: the adapter zero-pads them to the same
 size (TE does the same, utils.py:903-946; zeros change no dot product) with an explicit

@@ -1,4 +1,4 @@
-"""FlashAttention-3 (`flash_attn_interface`, the Hopper build; backend-rules.md §3.2).
+"""FlashAttention-3 (`flash_attn_interface`, the Hopper build; docs/sources.md#flashattention-3).
 
 FA3 reads windows FA2's way (-1 = unbounded, `(-1, 0)` = causal), aligns causal bottom-right,
 and returned `(out, lse)` by default before FA PR #1851, so the result is unwrapped.

@@ -1,12 +1,13 @@
 """FlashAttention-4 (`flash_attn.cute`), called the one way that means the same on every beta.
 
 - Keywords only: b9 inserted `qv, gather_kv_indices` after `v`, so a positional `softmax_scale`
-  silently became `qv` (backend-rules.md §2.3, K7).
+  silently became `qv` (docs/sources.md#fa4-keyword-arguments).
 - An unbounded window side is `None`, never -1: from b30 `window_size=(-1, 0)` masks every key and
-  returns zeros (h100-fa4-measurements.md; §2.7, K6). Plain causal is `causal=True` with no window.
-- `num_splits=1`: any split > 1 asserts below SM100 (iface:1612, 1631; K16).
-- `max_seqlen_*` as Python ints: a tensor recompiles on every step before b26 (K5).
-- Both public functions return `(out, lse)` in every beta (§2.2).
+  returns zeros (FA PR #2490; docs/sources.md#fa4-window-sides). Plain causal is `causal=True`
+  with no window.
+- `num_splits=1`: any split > 1 asserts below SM100 (iface:1612, 1631; docs/sources.md#fa4-architectures).
+- `max_seqlen_*` as Python ints: a tensor recompiles on every step before b26 (FA PRs #2507, #2762).
+- Both public functions return `(out, lse)` in every beta (iface:3854, 4032).
 - `learnable_sink` in bfloat16, the only dtype most betas accept.
 """
 
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from fa4doctor.runtime.adapters import Direct, fa_window, load_module, unwrap
+from fa4doctor.dispatch.backends import FA4
+from fa4doctor.runtime.adapters import Direct, fa_window, installed_version, load_module, unwrap
 from fa4doctor.names import BackendName
 from fa4doctor.dispatch.spec import AttentionSpec
 
@@ -24,9 +26,9 @@ MODULE = "flash_attn.cute"
 def call_kwargs(spec: AttentionSpec, scale: float) -> dict:
     """The keywords every FA4 call of `spec` gets besides the tensors (`bench/dispatch_overhead.py`
     calls FA4 with exactly these to time the adapter against a direct call)."""
-    # Negative sides only reach FA4 >= b30: the rules refuse top-left masks that need them below
-    # that (backends/fa4.py NEGATIVE_WINDOWS_SINCE); a forced older beta shows up in its smoke run.
-    mask = fa_window(spec, BackendName.FA4, negative_sides=True)
+    # Negative sides only reach a beta that reads them literally: the same gate as the rules'
+    # (FA4.NEGATIVE_WINDOWS_SINCE); below it a top-left mask that needs one raises SpecError here.
+    mask = fa_window(spec, BackendName.FA4, negative_sides=FA4.negative_windows(installed_version(BackendName.FA4)))
     # causal=True already hides keys right of the diagonal; the window adds only a left bound.
     window = (mask.left, None) if mask.causal else (mask.left, mask.right)
     return {"softmax_scale": scale, "causal": mask.causal, "window_size": window,

@@ -1,6 +1,6 @@
-"""PyTorch SDPA, made to mean exactly the canonical call (DESIGN.md "Canonical attention semantics").
+"""PyTorch SDPA, made to mean exactly the canonical call (docs/runtime.md, "What the arguments mean").
 
-SDPA's `is_causal` is top-left, `causal_lower_right` is bottom-right (backend-rules.md §4). Windows,
+SDPA's `is_causal` is top-left, `causal_lower_right` is bottom-right (docs/sources.md#pytorch-sdpa). Windows,
 padding and ALiBi become explicit masks and biases; softcap and the learnable sink, which SDPA has
 no flag for, run in plain float32 math. Rows with no allowed key give zeros, as FlashAttention's do
 (FA2 README: "If the row of the mask is all zero, the output will be zero"), never NaN: such rows are
@@ -13,7 +13,9 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from fa4doctor.dispatch.backends.sdpa import KERNELS
 from fa4doctor.dispatch.spec import AttentionSpec, MaskType
 from fa4doctor.dispatch.versions import at_least
 
@@ -22,8 +24,16 @@ try:  # torch >= 2.4; without it a bottom-right causal mask is materialized
 except ImportError:  # pragma: no cover
     causal_lower_right = None
 
+try:  # torch >= 2.12 (torch/nn/attention/_registry.py); before it, flash is always torch's own FA2
+    from torch.nn.attention import current_flash_attention_impl
+except ImportError:  # pragma: no cover
+    current_flash_attention_impl = None
+
 # `enable_gqa` first appeared in torch 2.5; older releases need expanded k/v heads.
 HAS_ENABLE_GQA = at_least(torch.__version__, "2.5")
+# The dispatcher's names for SDPA's kernels (dispatch/backends/sdpa.py `KERNELS`) as torch's.
+SDP_BACKENDS = dict(zip(KERNELS, (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                                  SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)))
 
 
 @functools.lru_cache(maxsize=256)
@@ -159,7 +169,54 @@ def fast_kwargs(spec: AttentionSpec, scale: float) -> dict | None:
     return None if flags is None else {**kwargs, **flags}
 
 
-def bind(spec: AttentionSpec, scale: float):
+def allowed_backends(excluded: tuple[str, ...]) -> list[SDPBackend]:
+    """The `sdpa_kernel` list for a call that must not use the `excluded` kernels: every other one,
+    and math always (it runs every call, so torch always has a kernel left).
+
+    >>> allowed_backends(("flash",))
+    [<SDPBackend.CUDNN_ATTENTION: 3>, <SDPBackend.EFFICIENT_ATTENTION: 2>, <SDPBackend.MATH: 0>]
+    """
+    return [backend for name, backend in SDP_BACKENDS.items() if name not in excluded or name == "math"]
+
+
+def restricted(run, backends: list[SDPBackend]):
+    """`run` with torch kept to `backends`; the list is fixed here, once per plan. `run.backends`
+    says which (the tests read it). `sdpa_kernel` sets and restores every kernel flag, 13.7 us a call
+    measured on the CPU VM (torch 2.13): paid only by calls that must keep a kernel out."""
+    def run_restricted(q, k, v, varlen=None, alibi_slopes=None, learnable_sink=None):
+        with sdpa_kernel(backends):
+            return run(q, k, v, varlen, alibi_slopes, learnable_sink)
+    run_restricted.backends = backends
+    return run_restricted
+
+
+def guarded(run):
+    """`run`, unless the process activates another flash impl after this plan was bound (the
+    decision read the one active then, runtime/local_env.py): then flash is kept out, since
+    nothing checked the new impl's rules for this call. One registry read a call (~30 ns)."""
+    bound, live = current_flash_attention_impl(), current_flash_attention_impl
+    fallback = restricted(run, allowed_backends(("flash",)))
+
+    def run_guarded(q, k, v, varlen=None, alibi_slopes=None, learnable_sink=None):
+        impl = live()
+        if impl is None or impl == bound:  # None: torch's own FA2 again, which no rule refuses
+            return run(q, k, v, varlen, alibi_slopes, learnable_sink)
+        return fallback(q, k, v, varlen, alibi_slopes, learnable_sink)
+    return run_guarded
+
+
+def bind(spec: AttentionSpec, scale: float, excluded: tuple[str, ...] = ()):
+    """`run` for `spec`, kept off the SDPA kernels the decision excluded (`Decision.sdpa_excluded`:
+    flash, where torch's registry made it a refused FA4)."""
+    run = _bind(spec, scale)
+    if excluded:
+        return restricted(run, allowed_backends(excluded))
+    if current_flash_attention_impl is None or not spec.on_cuda:  # the registry swaps CUDA kernels only
+        return run
+    return guarded(run)
+
+
+def _bind(spec: AttentionSpec, scale: float):
     fast = fast_kwargs(spec, scale)
     sdpa = F.scaled_dot_product_attention
 

@@ -1,8 +1,8 @@
 // The hit path of fa4doctor.dispatch.attention(), compiled: the same key, the same plans, no
 // Python frame and no Python objects for shapes and devices.
 //
-// Why: a tiny FA4 call costs ~99 us of host time on an H100 (h100-fa4-measurements.md). A Python
-// function with attention()'s signature that only reads the 9 tensor attributes its key needs costs
+// Why: a tiny FA4 call costs ~100 us of host time on an H100 (docs/sources.md#fa4-start-up-cost).
+// A Python function with attention()'s signature that only reads the 9 tensor attributes its key needs costs
 // 2.2-5.2 us right after that call (docs/validation/h100-bench-lanes), over the 2% of issue 3.
 // Here the reads are fields of at::Tensor, the keywords are compared in place and the plan found in
 // a short array.

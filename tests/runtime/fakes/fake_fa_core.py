@@ -1,6 +1,6 @@
 """What the fake FA modules share: a call log, and FA-convention attention in float64.
 
-FA conventions (backend-rules.md §2.6, §2.7, §3): the diagonal is always bottom-right
+FA conventions (docs/sources.md#causal-alignment, #fa4-window-sides): the diagonal is always bottom-right
 (d = sk - sq); key j is kept iff `i + d - left <= j <= i + d + right`, an unbounded side being
 None (FA4) or -1 (FA2/FA3, where `(-1, 0)` also means causal); FA4 from b30 reads a negative side
 literally, so a -1 that reaches it masks everything, as on a real H100.

@@ -6,7 +6,7 @@ then causal forces right = 0; any other negative side is used literally (zeros).
 
 from fake_fa_core import attend, check_varlen, record
 
-__version__ = "0.0.0"  # what every real beta reports (backend-rules.md §2.1)
+__version__ = "0.0.0"  # what every real beta reports (docs/sources.md#fa4-version)
 
 
 def _resolve(causal, window_size):
