@@ -20,10 +20,14 @@ from enum import StrEnum
 from pathlib import Path
 
 from fa4doctor.names import BackendName
-from fa4doctor.records import RecordError, from_plain, to_plain
+from fa4doctor.records import InputFileError, RecordError, from_plain, read_text_file, to_plain
 
 SCHEMA = "fa4doctor.environment"
 SCHEMA_VERSION = 2  # 2: ledger entries hold their CaseClass (1 is read and upgraded)
+# The `fa4doctor check --json` report a snapshot may come wrapped in (dispatch/report.py's SCHEMA
+# and SCHEMA_VERSION, repeated because this layer sits below dispatch; tests/cli/test_input_files.py
+# holds them equal). A report of another version may carry its snapshot differently: refused.
+REPORT_SCHEMA, REPORT_VERSIONS = "fa4doctor.check", (1,)
 
 
 class SnapshotError(ValueError):
@@ -286,6 +290,9 @@ class Environment:
     def from_plain(cls, data: object) -> Environment:
         """Accepts a bare snapshot or `fa4doctor check --json` output (snapshot under `environment`)."""
         if isinstance(data, dict) and isinstance(data.get("environment"), dict):
+            if data.get("schema") == REPORT_SCHEMA and data.get("schema_version") not in REPORT_VERSIONS:
+                raise SnapshotError(f"{REPORT_SCHEMA} report schema_version {data.get('schema_version')!r} is "
+                                    f"not supported (this fa4doctor reads {', '.join(map(str, REPORT_VERSIONS))})")
             data = data["environment"]
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise SnapshotError(f"not an environment snapshot (expected \"schema\": \"{SCHEMA}\")")
@@ -305,7 +312,12 @@ class Environment:
 def load_environment(path: str | Path) -> Environment:
     """Read a snapshot written by `fa4doctor check --json` (or `Environment.to_json`)."""
     try:
-        text = Path(path).read_text()
+        text = read_text_file(path)
     except OSError as exc:
         raise SnapshotError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return Environment.from_json(text)
+    except InputFileError as exc:
+        raise SnapshotError(str(exc)) from None
+    try:
+        return Environment.from_json(text)
+    except SnapshotError as exc:
+        raise SnapshotError(f"{path}: {exc}") from None

@@ -22,7 +22,8 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 import types
 import typing
 from pathlib import Path
@@ -47,13 +48,55 @@ def digest(facts: object, length: int = 24) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+# Input files (--env, --spec, --ledger, the vetting ledger) are read whole: a file larger than
+# this is refused before it is read. A `check --json` report is ~100 kB and a ledger entry ~400 B,
+# so 16 MiB holds 40,000 entries; `--env /dev/zero` grew to 6.1 GB in 6 s without a cap (issue 13).
+MAX_INPUT_BYTES = 16 * 2**20
+
+
+class InputFileError(ValueError):
+    """An input file that is not a regular file, is larger than `MAX_INPUT_BYTES`, or is not UTF-8."""
+
+
+def read_text_file(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> str:
+    """The UTF-8 text of the regular file at `path`; raises `OSError` when it cannot be opened or
+    read, `InputFileError` (naming the file) when it is not a regular file, holds more than `limit`
+    bytes, or is not UTF-8. Opened with O_NONBLOCK and checked with fstat before any read, so a
+    FIFO or a device never blocks and never streams without end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputFileError(f"{path} is not a regular file")
+        if info.st_size > limit:
+            raise InputFileError(f"{path} is larger than {limit} bytes ({info.st_size})")
+        chunks, size = [], 0
+        while size <= limit:  # a file that grows while we read stops at the cap too
+            chunk = os.read(fd, min(limit + 1 - size, 2**20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise InputFileError(f"{path} is larger than {limit} bytes")
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 def write_json_file(path: Path, body: Any, *, indent: int | None = None, durable: bool = False) -> None:
     """Write `body` as JSON to `path` atomically: a temporary file beside it, then a rename, so a
     reader never sees half a file (`durable`: on disk before the rename). A failure leaves no
-    temporary file behind."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    temporary file behind. The new file keeps the mode and group of the one it replaces (a new
+    one gets 0666 less the umask, as `open()` gives): `tempfile.mkstemp` alone left every rewrite
+    0600, unreadable to the other users sharing it (issue 13)."""
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, "w") as handle:
+            _keep_access(handle.fileno(), path)
             json.dump(body, handle, indent=indent)
             if durable:
                 handle.flush()
@@ -65,6 +108,30 @@ def write_json_file(path: Path, body: Any, *, indent: int | None = None, durable
         except OSError:
             pass
         raise
+
+
+def _create_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in `path`'s directory, created 0666 less the umask."""
+    while True:
+        tmp = os.path.join(path.parent, f"{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _keep_access(fd: int, path: Path) -> None:
+    """Give the temporary file the mode and group of the file it will replace, if there is one.
+    A group this process is not in cannot be given (EPERM): the directory's stays."""
+    try:
+        old = os.stat(path)
+    except OSError:
+        return
+    try:
+        os.fchown(fd, -1, old.st_gid)
+    except PermissionError:
+        pass
+    os.fchmod(fd, stat.S_IMODE(old.st_mode))
 
 
 def to_plain(value: Any) -> Any:

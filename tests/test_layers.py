@@ -20,10 +20,14 @@ PACKAGE = ROOT / "fa4doctor"
 
 # Higher may import lower; equal ranks are separate rooms that must not import each other.
 RANK = {"names": 0, "records": 0, "exit_codes": 0, "_lazy": 0, "environment": 1, "dispatch": 2, "probe": 2,
-        "runtime": 3, "smoke": 4, "exporters": 5, "serve": 6, "cli": 7, "__main__": 8}
+        "runtime": 3, "smoke": 4, "exporters": 5, "serve": 6, "cli": 7, "__main__": 8,
+        "models": 3,  # config.json -> AttentionSpecs, pure: reads dispatch.spec only, never runs a kernel
+        "integrations": 4,  # transformers' attention registry -> attention(): calls the runtime
+        "cluster": 3.5}  # a job's verdict over torch.distributed: gathers probe facts, seeds the runtime's choice
 # The one name a lower layer hands on from a higher one: `from fa4doctor.dispatch import attention`, the
 # dispatcher's public entry since the first release, loads `fa4doctor.runtime` lazily (a string, on use).
-LAZY_UPWARD = {("dispatch", "fa4doctor.runtime.dispatcher")}
+LAZY_UPWARD = {("dispatch", "fa4doctor.runtime.dispatcher"),
+               ("dispatch", "fa4doctor.cluster.training")}  # `agree`: the job-wide verdict beside attention()
 
 
 def _room(module: str) -> str:

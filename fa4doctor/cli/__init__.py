@@ -20,6 +20,7 @@ COMMANDS = {
     "smoke": ("fa4doctor.cli.smoke:smoke", "Prove each backend on this node against float64."),
     "serve": ("fa4doctor.cli.serve:serve", "Run the node daemon that Prometheus scrapes."),
     "native": ("fa4doctor.cli.native:native", "Build or inspect the compiled hit path of attention()."),
+    "cluster": ("fa4doctor.cli.cluster:cluster", "One verdict for a whole job: run on every rank under torchrun."),
 }
 
 

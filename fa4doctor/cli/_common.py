@@ -18,7 +18,7 @@ import click
 from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS, EXIT_TOOL_FAILED, EXIT_USAGE
 
 __all__ = ["BACKENDS", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_TOOL_FAILED", "EXIT_USAGE", "SMOKE_LEVELS",
-           "handle_errors", "load_env_option", "progress_printer", "usage_errors"]
+           "handle_errors", "load_env_option", "load_ledger_option", "progress_printer", "usage_errors"]
 
 # The levels of fa4doctor.smoke.cases.LEVELS and the values of dispatch.reasons.BackendName,
 # repeated here so `--help` loads neither (tests/cli/test_check.py and tests/smoke/test_cases.py
@@ -47,6 +47,18 @@ def load_env_option(path):
         return load_environment(path)
     except SnapshotError as exc:
         raise click.BadParameter(str(exc), param_hint="--env") from None
+
+
+def load_ledger_option(path):
+    """The entries of the ledger a `--ledger FILE` option names (none yet if it does not exist).
+    One that exists but cannot be read as a ledger is a usage error naming it: the user asked for
+    it, and deciding without it, or smoking for minutes and then not recording, would mislead."""
+    from fa4doctor.probe.ledger import read_ledger
+
+    read = read_ledger(path)
+    if read.problem:
+        raise click.BadParameter(read.problem, param_hint="--ledger")
+    return read.entries
 
 
 def handle_errors(function: F) -> F:

@@ -7,12 +7,13 @@ run in child processes (and are cached), GPUs are read through NVML.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import click
 
-from fa4doctor.cli._common import BACKENDS, SMOKE_LEVELS, handle_errors, progress_printer
+from fa4doctor.cli._common import BACKENDS, SMOKE_LEVELS, handle_errors, load_ledger_option, progress_printer
 
 
 def _prom_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
@@ -22,6 +23,11 @@ def _prom_path(ctx: click.Context, param: click.Parameter, value: Path | None) -
         raise click.BadParameter(f"{value} must end in .prom (node_exporter's textfile collector reads only *.prom)")
     if not value.parent.is_dir():
         raise click.BadParameter(f"directory {value.parent} does not exist")
+    try:  # now, not after the whole probe: the file is written last (a temporary file, then a rename)
+        with tempfile.TemporaryFile(dir=value.parent):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write in {value.parent}: {exc.strerror or exc}") from None
     return value
 
 
@@ -31,6 +37,9 @@ def _prom_path(ctx: click.Context, param: click.Parameter, value: Path | None) -
               help="Also write the facts as Prometheus metrics to this .prom file, atomically.")
 @click.option("--spec", "spec_files", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="JSON file of named attention specs to judge besides the defaults (repeatable).")
+@click.option("--model", "model_paths", multiple=True, type=click.Path(path_type=Path),
+              help="A transformers config.json or model folder: also judge every attention call it makes "
+                   "(repeatable; see `explain --model`).")
 @click.option("--expect", type=click.Choice(BACKENDS, case_sensitive=False), default="fa4", show_default=True,
               help="The backend that must be chosen for every spec on every GPU for exit status 0.")
 @click.option("--gpu", "gpus", multiple=True, type=click.IntRange(min=0),
@@ -47,7 +56,8 @@ def _prom_path(ctx: click.Context, param: click.Parameter, value: Path | None) -
 # reported node anywhere. Hidden because it is for reproducing, not for checking.
 @click.option("--nvml-replay", type=click.Path(exists=True, dir_okay=False, path_type=Path), hidden=True)
 @handle_errors
-def check(as_json: bool, textfile: Path | None, spec_files: tuple[Path, ...], expect: str, gpus: tuple[int, ...],
+def check(as_json: bool, textfile: Path | None, spec_files: tuple[Path, ...], model_paths: tuple[Path, ...],
+          expect: str, gpus: tuple[int, ...],
           no_imports: bool, refresh: bool, import_timeout: float, smoke_level: str | None,
           ledger: Path | None, nvml_replay: Path | None) -> None:
     """Probe packages, imports, GPUs and driver, and judge each backend for the default specs.
@@ -56,6 +66,8 @@ def check(as_json: bool, textfile: Path | None, spec_files: tuple[Path, ...], ex
     3 when problems were found, 1 when fa4doctor failed, 2 for usage errors.
     """
     started = time.perf_counter()
+    if ledger is not None:
+        load_ledger_option(ledger)  # a named ledger that cannot be read is exit 2, before probing
     gpu_probe = _start_gpu_probe(nvml_replay)  # first: NVML's driver time overlaps everything below
     from fa4doctor.dispatch.policy import Policy
     from fa4doctor.names import BackendName
@@ -65,6 +77,10 @@ def check(as_json: bool, textfile: Path | None, spec_files: tuple[Path, ...], ex
     from fa4doctor.dispatch.report import build_report
 
     specs = list(DEFAULT_SPECS) + [named for path in spec_files for named in load_specs(path)]
+    if model_paths:
+        from fa4doctor.models import load_model, model_specs
+
+        specs += [named for path in model_paths for named in model_specs(load_model(path))]
     policy = Policy.from_env()
     setup = time.perf_counter() - started
     gathered = gather(gpu_probe=gpu_probe, check_imports=not no_imports, refresh=refresh, ledger_path=ledger,

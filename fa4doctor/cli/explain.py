@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from fa4doctor.cli._common import EXIT_OK, EXIT_PROBLEMS, handle_errors, load_env_option
+from fa4doctor.cli._common import EXIT_OK, EXIT_PROBLEMS, handle_errors, load_env_option, load_ledger_option
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType, QkvFormat, SpecError
 
 # AttentionSpec field -> the flag that sets it, so a SpecError names what the user typed.
@@ -26,7 +26,8 @@ Examples:
   fa4doctor explain --env examples/h100-fa4-b36.json --head-dim-qk 192 --head-dim-v 128 --heads 16/4
   fa4doctor explain --env examples/a100-fa2-2.8.3.json --mask causal --seqlen-q 128 --seqlen-kv 512
   FA4DOCTOR_DISABLE=fa4 fa4doctor explain --env examples/h100-fa3-fa4.json --json
-  fa4doctor explain --spec my-model-specs.json --env node17.json
+  fa4doctor explain --spec examples/specs/llama-3-8b.json --env examples/h100-fa4-b36.json
+  fa4doctor explain --model examples/models/gemma-2-9b --env examples/h100-fa4-b36.json
 
 \b
 Exit status: 0 the preferred backend runs every spec; 3 some spec falls back (or the forced
@@ -92,6 +93,28 @@ def _specs(ctx: click.Context, options: dict) -> list[tuple[str, AttentionSpec]]
     return specs
 
 
+# Flags that still mean something beside --model: the call's dtype, sequence length and device.
+_MODEL_FLAGS = ("dtype", "seqlen_q", "device")
+
+
+def _model_calls(ctx: click.Context, options: dict):
+    """(ModelAttention, its calls) for --model, or None; a shape flag beside it is a usage error."""
+    if options["model"] is None:
+        return None
+    given = [name for name in (*_SHAPE_FLAGS, "spec_file") if name not in _MODEL_FLAGS
+             and ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--model cannot be combined with --{given[0].replace('_file', '').replace('_', '-')}; "
+                               "the model config says the call (only --dtype, --seqlen-q and --device apply)")
+    from fa4doctor.models import load_model, model_calls
+
+    def flag(name):
+        return options[name] if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE else None
+
+    model = load_model(options["model"])
+    return model, model_calls(model, seqlen=flag("seqlen_q"), dtype=flag("dtype"), device=options["device"])
+
+
 def _environment(env_file: str | None, ledger_file: str | None):
     if env_file is not None:
         env, source = load_env_option(env_file), env_file
@@ -100,12 +123,7 @@ def _environment(env_file: str | None, ledger_file: str | None):
 
         env, source = gather_environment(), "this machine"
     if ledger_file is not None:
-        from fa4doctor.probe.ledger import read_ledger
-
-        read = read_ledger(ledger_file)
-        if read.problem:
-            click.echo(f"warning: {read.problem}", err=True)
-        env = env.with_ledger(read.entries)
+        env = env.with_ledger(load_ledger_option(ledger_file))
     return env, source
 
 
@@ -147,9 +165,14 @@ def _explain_one(name: str, spec: AttentionSpec, env, policy, gpu: int):
               show_default=True)
 @click.option("--varlen", is_flag=True, help="Variable-length (packed) sequences.")
 @click.option("--num-splits", type=int, default=1, show_default=True)
-@click.option("--device", default="cuda", show_default=True, help="Where the tensors live (cuda or cpu).")
+# Off CUDA only SDPA runs, alike on every device type (AttentionSpec.on_cuda), so cpu stands for
+# them all; a free string let `--device tpu` through as if it meant something.
+@click.option("--device", type=click.Choice(("cuda", "cpu")), default="cuda", show_default=True,
+              help="Where the tensors live: cuda, or cpu for any other device (only SDPA runs off CUDA).")
 @click.option("--spec", "spec_file", type=click.Path(dir_okay=False),
               help="JSON file of AttentionSpec fields: one object, a list, or {\"specs\": [...]}.")
+@click.option("--model", type=click.Path(), help="A transformers config.json, or a model folder holding one: "
+              "judge every distinct attention call the model makes (train, prefill, decode).")
 @click.option("--env", "env_file", type=click.Path(dir_okay=False),
               help="Environment snapshot (check --json output); default: probe this machine.")
 @click.option("--ledger", "ledger_file", type=click.Path(dir_okay=False),
@@ -167,15 +190,25 @@ def explain(ctx: click.Context, **options) -> None:
     from fa4doctor.exporters.explain_view import environment_text, render_report, report_to_plain
 
     policy = Policy.from_env()
-    specs = _specs(ctx, options)
+    model = _model_calls(ctx, options)
+    specs = [(call.name, call.spec) for call in model[1]] if model else _specs(ctx, options)
     env, source = _environment(options["env_file"], options["ledger_file"])
     _check_gpu(env, options["gpu"])
     items = [_explain_one(name, spec, env, policy, options["gpu"]) for name, spec in specs]
     exit_code = max(item.exit_code for item in items)
     env_text = environment_text(env, options["gpu"], source)
     if options["as_json"]:
-        click.echo(json.dumps(report_to_plain(items, policy, env_text, exit_code), indent=2))
+        plain = report_to_plain(items, policy, env_text, exit_code)
+        if model:
+            from fa4doctor.exporters.model_view import model_to_plain
+
+            plain["model"] = model_to_plain(*model)
+        click.echo(json.dumps(plain, indent=2))
     else:
+        if model:
+            from fa4doctor.exporters.model_view import render_model_calls
+
+            render_model_calls(*model, sys.stdout)
         render_report(items, policy, env_text, sys.stdout)
     for item in items:  # errors of the policy, not ordinary fallbacks, also go to stderr
         if item.decision.outcome in ("forced_not_eligible", "no_backend"):

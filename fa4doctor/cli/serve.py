@@ -18,7 +18,10 @@ DEFAULTS = ServeConfig()  # one set of defaults for the flags and the daemon
 
 
 @click.command()
-@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--host", default="0.0.0.0", show_default=True,
+              help="Address to listen on. The default, every interface, is what node exporters do; anyone "
+                   "who reaches the port reads /report.json (hostname, versions, paths): pass 127.0.0.1 or "
+                   "the node's internal address to listen on one interface only.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
               help="Port (9847: from the exporter range of Prometheus's default port allocations).")
 @click.option("--interval", type=click.FloatRange(min=1.0), default=DEFAULTS.interval, show_default=True,

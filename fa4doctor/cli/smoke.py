@@ -10,13 +10,13 @@ from pathlib import Path
 import click
 
 from fa4doctor.cli._common import (BACKENDS, EXIT_OK, EXIT_PROBLEMS, SMOKE_LEVELS, handle_errors, load_env_option,
-                                   progress_printer)
+                                   load_ledger_option, progress_printer)
 
 EPILOG = """\b
 Examples:
   fa4doctor smoke                                  # quick: one case per backend, fwd+bwd
   fa4doctor smoke --level thorough --backend fa4   # every head dim FA4 takes here, in steps of 8
-  fa4doctor smoke --spec my-model-specs.json --head-dims 64,192x128 --json
+  fa4doctor smoke --spec examples/specs/llama-3-8b.json --head-dims 64,192x128 --json
 
 \b
 Exit status: 0 every case passed; 3 a case failed (or nothing could run); 2 bad input;
@@ -42,6 +42,8 @@ def _environment(env_file: Path | None, ledger: Path | None):
 @click.option("--gpu", "gpus", multiple=True, metavar="UUID|INDEX", help="Only these GPUs (repeatable).")
 @click.option("--spec", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Also run these shapes (JSON AttentionSpec objects; sequence lengths capped at 512).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="Also run every attention call this transformers config.json (or model folder) makes.")
 @click.option("--head-dims", metavar="64,128,192x128", help="Also run the quick case with these head dims.")
 @click.option("--timeout", type=click.FloatRange(min=1, min_open=False), default=120.0, show_default=True,
               help="Seconds one case (one direction) may take, compile included.")
@@ -54,7 +56,7 @@ def _environment(env_file: Path | None, ledger: Path | None):
 @click.option("--device", type=click.Choice(("cuda", "cpu")), default="cuda", show_default=True,
               help="cpu runs the tensors on the CPU (SDPA only, for testing without a GPU).")
 @handle_errors
-def smoke(level, backends, gpus, spec_file, head_dims, timeout, jobs, as_json, ledger, no_record,
+def smoke(level, backends, gpus, spec_file, model_path, head_dims, timeout, jobs, as_json, ledger, no_record,
           env_file, device) -> None:
     """Prove each backend on this node: forward and backward against a float64 reference."""
     from fa4doctor.names import BackendName
@@ -63,7 +65,13 @@ def smoke(level, backends, gpus, spec_file, head_dims, timeout, jobs, as_json, l
     from fa4doctor.smoke.runner import run_smoke
 
     extra = [spec for _, spec in load_specs(spec_file)] if spec_file else []
+    if model_path is not None:
+        from fa4doctor.models import load_model, model_specs
+
+        extra += [spec for _, spec in model_specs(load_model(model_path), device=device)]
     dims = parse_head_dims(head_dims) if head_dims else ()
+    if ledger is not None and not no_record:
+        load_ledger_option(ledger)  # before the kernels run: it is never written over if unreadable
     env = _environment(env_file, ledger)
     progress, bar = progress_printer(as_json)
     with bar or contextlib.nullcontext():

@@ -28,6 +28,7 @@ _EXPORTS = {
     "select": "fa4doctor.dispatch.selection",
     "decide": "fa4doctor.dispatch.selection",
     "attention": "fa4doctor.runtime.dispatcher",
+    "agree": "fa4doctor.cluster.training",
 }
 
 __all__ = sorted(_EXPORTS)

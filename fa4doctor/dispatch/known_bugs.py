@@ -71,7 +71,8 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
     KnownBug(
         "fa4-sm90-dq-head-dim", FA4, frozenset({9}), "bwd", _sm90_dq_head_dim,
         "head dims below 128 with head_dim % 32 in {8, 16}: 8, 16, 40, 48, 72, 80, 104, 112",
-        "the SM90 backward returns a wrong dq (relative error near 1) or fails to compile",
+        "the SM90 backward returns a wrong dq (relative error near 1; with GQA dk and dv too) or fails "
+        "to compile, for every dtype, mask alignment and window",
         "4.0.0b5", None,
         "flash_bwd_sm90.py rounds the head dim to 16 (4.0.0b40 L85-86) where interface.py allocates dq's "
         "accumulator at 32 (4.0.0b40 L2357-2358); measured on an H100 with 4.0.0b36 and 4.0.0b40 "

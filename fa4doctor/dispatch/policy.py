@@ -40,7 +40,11 @@ class Policy:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Policy:
         environ = os.environ if environ is None else environ
         force = environ.get(ENV_BACKEND, "").strip()
-        disabled = [part for part in environ.get(ENV_DISABLE, "").split(",") if part.strip()]
+        raw = environ.get(ENV_DISABLE, "")
+        disabled = [part for part in raw.split(",") if part.strip()] if raw.strip() else []
+        if raw.strip() and not disabled:  # ",,," would disable nothing, silently; "fa4," stays a list of one
+            raise PolicyError(f"{ENV_DISABLE}: empty backend name in {raw!r} (expected a comma-separated "
+                              f"list of: {', '.join(b.value for b in BackendName)})")
         strict = environ.get(ENV_STRICT, "").strip().lower()
         if strict not in _TRUE | _FALSE:
             raise PolicyError(f"{ENV_STRICT}: expected 1 or 0, got {strict!r}")

@@ -33,6 +33,7 @@ class ReasonCode(StrEnum):
     BACKWARD_UNSUPPORTED = "backward_unsupported"
     SMOKE_FAILED = "smoke_failed"
     DISABLED_BY_POLICY = "disabled_by_policy"
+    NOT_ON_EVERY_RANK = "not_on_every_rank"  # FA4DOCTOR_UNIFORM=1: another rank of the job cannot run it
     # the call's shape and features
     DTYPE_UNSUPPORTED = "dtype_unsupported"
     FP8_UNSUPPORTED = "fp8_unsupported"

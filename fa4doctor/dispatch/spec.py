@@ -20,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Iterable
 
-from fa4doctor.records import to_plain
+from fa4doctor.records import InputFileError, read_text_file, to_plain
 
 
 class SpecError(ValueError):
@@ -88,6 +88,12 @@ _WINDOWLESS_MASKS = frozenset({MaskType.ARBITRARY})
 UNBOUNDED = (-1, -1)
 _FLAGS = ("varlen", "alibi", "bias", "learnable_sink", "deterministic", "training", "kv_cache",
           "paged_kv", "context_parallel")
+# Bounds that only catch typos (`--head-dim 10^30`), never a real call: FA kernels take token
+# offsets as int32 (`cu_seqlens`, runtime/inputs.py), so no longer sequence reaches one; the
+# largest head dim any FA kernel takes is 512 (docs/sources.md#fa4-head-dims), and SDPA's math
+# path, which takes any, is still reachable up to 128 times that.
+MAX_SEQLEN = 2**31 - 1
+MAX_HEAD_DIM = 2**16
 
 
 def _enum(cls: type[StrEnum], field: str, value: Any) -> Any:
@@ -186,10 +192,16 @@ class AttentionSpec:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise SpecError(name, f"must be a positive integer, got {value!r}")
+        for name in ("head_dim_qk", "head_dim_v"):
+            if getattr(self, name) > MAX_HEAD_DIM:
+                raise SpecError(name, f"must be at most {MAX_HEAD_DIM}, got {getattr(self, name)}")
         for name in ("seqlen_q", "seqlen_kv"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise SpecError(name, f"must be a non-negative integer, got {value!r}")
+            if value > MAX_SEQLEN:
+                raise SpecError(name, f"must be at most {MAX_SEQLEN} (FA kernels index tokens with int32), "
+                                f"got {value}")
         if self.num_heads_q % self.num_heads_kv:
             raise SpecError("num_heads_kv", f"num_heads_q ({self.num_heads_q}) must be a multiple of "
                             f"num_heads_kv ({self.num_heads_kv})")
@@ -259,9 +271,11 @@ def load_specs(path: str | Path) -> list[tuple[str, AttentionSpec]]:
     Each object holds `AttentionSpec` fields and an optional `name`.
     """
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_text_file(path))
     except OSError as exc:
         raise SpecError("spec", f"cannot read {path}: {exc.strerror or exc}") from None
+    except InputFileError as exc:
+        raise SpecError("spec", str(exc)) from None
     except json.JSONDecodeError as exc:
         raise SpecError("spec", f"{path} is not valid JSON: {exc}") from None
     if isinstance(data, dict) and "specs" in data:

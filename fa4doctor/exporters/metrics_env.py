@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 
+from fa4doctor.dispatch.agreement import CUTLASS_DSL
 from fa4doctor.environment import USABLE_IMPORTS, cuda_version_text
 
 GPU_LABELS = ["gpu", "UUID"]
@@ -46,7 +47,35 @@ def environment_families(check: dict) -> list[Metric]:
     """Every family the probe contributes to a scrape or a textfile."""
     env = check.get("environment", {})
     return [*_backend_families(env), *_eligibility_families(check, env), *_gpu_families(env),
-            *_health_families(check, env)]
+            *_health_families(check, env), stack_family(env)]
+
+
+STACK_LABELS = ["fa4_version", "fa3_version", "fa2_version", "cutlass_dsl", "torch", "cuda", "driver", "gpu_model"]
+
+
+def stack_family(env: dict) -> Metric:
+    """`fa4doctor_node_stack_info`: the parts of this node's fingerprint that make ranks run different
+    kernels (dispatch/agreement.py `Stack`), as labels, one series per GPU model; "" where not
+    installed or unknown. The fleet's odd node out is a `count by` away (deploy/prometheus rules).
+
+    >>> [s.labels["gpu_model"] for s in stack_family({"gpus": [{"name": "H100"}, {"name": "H100"}]}).samples]
+    ['H100']
+    """
+    info = InfoMetricFamily("fa4doctor_node_stack", "This node's software stack and GPU model, the parts of "
+                            "the fingerprint that decide which attention kernels run (1 per GPU model).",
+                            labels=[])
+    versions = {b["backend"]: b.get("version") or "" for b in env.get("backends", [])
+                if b.get("version") is not None and b.get("import_status") != "not_installed"}
+    fa4 = next((b for b in env.get("backends", []) if b["backend"] == "fa4" and b["backend"] in versions), {})
+    torch, driver = env.get("torch", {}), env.get("driver", {})
+    common = {"fa4_version": versions.get("fa4", ""), "fa3_version": versions.get("fa3", ""),
+              "fa2_version": versions.get("fa2", ""),
+              "cutlass_dsl": dict(map(tuple, fa4.get("dependencies", []))).get(CUTLASS_DSL, ""),
+              "torch": torch.get("version") or "", "cuda": torch.get("cuda") or "",
+              "driver": driver.get("driver_version") or ""}
+    for model in dict.fromkeys(g.get("name") or "" for g in env.get("gpus", [])) or [""]:
+        info.add_metric([], {**common, "gpu_model": model})
+    return info
 
 
 def _backend_families(env: dict) -> Iterator[Metric]:

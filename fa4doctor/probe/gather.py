@@ -94,7 +94,9 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
     findings += problems.native_findings(_native_built(environ, path))
     if ledger.problem:
         findings.append(Finding("ledger_unreadable", problems.WARNING, ledger.problem,
-                                "fa4doctor smoke rewrites it; or remove the file"))
+                                "its evidence is ignored and no writer replaces it (that would drop its "
+                                "entries): make it readable to every user of the node (mode 0644, or "
+                                "0640 with their group) or move it aside"))
     # os.uname() and sys.version give what socket.gethostname() and platform.python_version() would,
     # without importing either (5 ms at every check)
     env = Environment(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),

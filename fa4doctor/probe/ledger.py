@@ -6,7 +6,12 @@ Location: `$FA4DOCTOR_LEDGER` if set, else `$XDG_STATE_HOME/fa4doctor/ledger.jso
 
 Writers take a file lock, merge, and replace the file atomically, so concurrent ranks never
 corrupt it; a reader never raises: a missing, corrupt or foreign file reads as no entries plus a
-`problem` saying why, which callers report and otherwise ignore.
+`problem` saying why, which callers report and otherwise ignore. A writer never replaces a file
+it could not read (another user's 0600 file, bytes that are not a ledger, a newer schema): it
+raises `LedgerError` and leaves the file as it was, since merging "no entries" into it would
+drop every entry it holds. A rewrite keeps the file's mode and group (`records.write_json_file`);
+a new ledger is 0666 less the umask (0644 under the usual umask 022), readable by every user on
+the node, as the daemon and training pods of other uids need (docs/serve.md).
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "ledger.json")
@@ -24,7 +29,8 @@ from pathlib import Path
 
 from fa4doctor.environment import LedgerEntry, upgrade_ledger_entry
 from fa4doctor.probe.cache import xdg_dir
-from fa4doctor.records import RecordError, from_plain, to_plain, write_json_file
+from fa4doctor.records import (InputFileError, RecordError, from_plain, read_text_file, to_plain,
+                                write_json_file)
 
 SCHEMA = "fa4doctor.ledger"
 SCHEMA_VERSION = 2  # 2: each entry holds its CaseClass; 1 (flat) is read and upgraded
@@ -39,6 +45,10 @@ def default_ledger_path(environ: Mapping[str, str] | None = None) -> Path:
     return xdg_dir(environ, "XDG_STATE_HOME", ".local", "state") / "ledger.json"
 
 
+class LedgerError(RuntimeError):
+    """A ledger a writer refuses to replace, because it could not read what it holds."""
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerRead:
     entries: tuple[LedgerEntry, ...]
@@ -49,11 +59,15 @@ def read_ledger(path: str | Path | None = None) -> LedgerRead:
     """Entries of the ledger at `path` (default location if None); never raises."""
     path = Path(path) if path is not None else default_ledger_path()
     try:
-        text = path.read_text()
+        text = read_text_file(path)
     except FileNotFoundError:
         return LedgerRead(())
     except OSError as exc:
         return LedgerRead((), f"cannot read ledger {path}: {exc.strerror or exc}")
+    except InputFileError as exc:
+        return LedgerRead((), f"cannot read ledger: {exc}")
+    if not text.strip():  # created empty ahead of time (with the node's mode and group): no entries yet
+        return LedgerRead(())
     try:
         return LedgerRead(_parse(text))
     except (ValueError, RecordError) as exc:
@@ -77,16 +91,32 @@ def _key(entry: LedgerEntry) -> tuple:
 
 
 def record(entries: tuple[LedgerEntry, ...] | list[LedgerEntry], path: str | Path | None = None) -> Path:
-    """Merge `entries` into the ledger (newer results replace older ones of the same case)."""
+    """Merge `entries` into the ledger (newer results replace older ones of the same case).
+
+    Raises `LedgerError`, writing nothing, when the existing file cannot be read as a ledger.
+    """
     from filelock import FileLock  # only writers need it
 
     path = Path(path) if path is not None else default_ledger_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=60):
-        current = read_ledger(path).entries  # a corrupt file is replaced, not merged
-        merged = {_key(e): e for e in current}
+    # 0666: every user who shares the ledger must be able to take its lock (filelock's default
+    # follows the umask, 0644, and the lock file outlives the writer that created it)
+    lock = FileLock(str(path) + ".lock", timeout=60, mode=0o666)
+    try:
+        lock.acquire()
+    except PermissionError as exc:
+        raise LedgerError(f"cannot lock {path}.lock ({exc.strerror}): make it writable to every user "
+                          "of the ledger (mode 0666) or remove it") from None
+    try:
+        current = read_ledger(path)
+        if current.problem:
+            raise LedgerError(f"refusing to write {path}: {current.problem}; writing would drop what it "
+                              "holds. Make it readable to this user (its mode and group) or move it aside")
+        merged = {_key(e): e for e in current.entries}
         merged.update({_key(e): e for e in entries})
         _write_atomically(path, tuple(merged.values()))
+    finally:
+        lock.release()
     return path
 
 

@@ -13,6 +13,8 @@ return codes (nvidia-ml-py 13.615.71 `pynvml.py` L224-241; docs/sources.md#nvml-
 
 from __future__ import annotations
 
+import ctypes
+
 import json
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,14 +128,15 @@ class PynvmlSource:
         return {"total": int(info.total), "used": int(info.used)}
 
     def _nvmlDeviceGetGpuFabricInfo(self, handle: Any) -> dict[str, int]:
-        # The versioned call only: the unversioned one lets the driver write its own, larger struct
-        # into pynvml's v1 struct, which crashed `check` on an H200 (driver 580.159.04, nvidia-ml-py
-        # 13.615.71; pynvml.py marks it "DEPRECATED: Use nvmlDeviceGetGpuFabricInfoV").
+        # pynvml hands the struct argument to C as given, so it must be a pointer (byref): passed by
+        # value, as fa4doctor did before, `check` crashed on an H200 and on an H100 (driver
+        # 580.159.04, nvidia-ml-py 13.615.71). The versioned call, since pynvml.py marks the other
+        # "DEPRECATED: Use nvmlDeviceGetGpuFabricInfoV".
         nvml = self._nvml
         if not hasattr(nvml, "nvmlDeviceGetGpuFabricInfoV") or not hasattr(nvml, "c_nvmlGpuFabricInfo_v2_t"):
             raise NvmlFailure(NOT_SUPPORTED, "this nvidia-ml-py has no versioned fabric query")
         info = nvml.c_nvmlGpuFabricInfo_v2_t()
-        nvml.nvmlDeviceGetGpuFabricInfoV(handle, info)
+        nvml.nvmlDeviceGetGpuFabricInfoV(handle, ctypes.byref(info))
         return {"state": int(info.state), "status": int(info.status)}
 
     def _nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> int:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from fa4doctor.runtime import counters, inputs, local_env, native
+from fa4doctor.runtime import counters, inputs, local_env, native, uniform
 from fa4doctor.runtime.adapters import AdapterImportError, Direct, adapter, direct
 from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_STRICT, Policy
 from fa4doctor.dispatch.reasons import BackendName, Decision
@@ -110,8 +110,11 @@ def _bind(decision: Decision, spec: AttentionSpec, scale: float) -> Callable[...
 def _new_plan(prepared: inputs.Prepared) -> Plan:
     spec, policy = prepared.spec, Policy.from_env()  # the same variables the plan's key holds
     env = local_env.environment(need_gpus=spec.on_cuda)
+    # FA4DOCTOR_UNIFORM=1 under torch.distributed: the backend every rank can run, agreed here, at
+    # plan time only (runtime/uniform.py); the hit path never exchanges.
+    decide_now = uniform.select if uniform.active() else select
     for _ in BackendName:  # each round can only rule out one more backend
-        decision = select(spec, env, policy, prepared.gpu or 0)
+        decision = decide_now(spec, env, policy, prepared.gpu or 0)
         try:
             run = _bind(decision, spec, prepared.scale)
             break

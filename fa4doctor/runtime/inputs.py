@@ -87,6 +87,8 @@ def _check_tensors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fmt: QkvFo
         raise SpecError("v", f"shape {tuple(v.shape)} must match k's {tuple(k.shape)} except head_dim_v")
     if k.shape[-1] != q.shape[-1]:
         raise SpecError("k", f"head_dim {k.shape[-1]} must equal q's head_dim {q.shape[-1]}")
+    if q.shape[-1] == 0:  # before the default softmax_scale, 1/sqrt(head_dim), divides by it
+        raise SpecError("q", f"head_dim must be positive, got shape {tuple(q.shape)}")
     if k.shape[-2] == 0 or q.shape[-2] % k.shape[-2]:
         raise SpecError("k", f"num_heads {k.shape[-2]} must divide q's num_heads {q.shape[-2]}")
 

@@ -16,6 +16,7 @@ per process: where it is FA4, a call FA4 refuses keeps SDPA off its flash kernel
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -27,6 +28,8 @@ from fa4doctor.environment import DriverInfo, Environment, GpuFacts, ImportStatu
 
 _lock = threading.Lock()
 _current: Environment | None = None
+_ledger_warned = False  # an unreadable ledger is logged once per process, not at every reset()
+log = logging.getLogger("fa4doctor.dispatch")
 
 
 def _pynvml() -> Any:
@@ -55,9 +58,17 @@ def cuda_gpus() -> tuple[GpuFacts, ...]:
 
 
 def _ledger():
+    """The ledger's entries; a bad file reads as no entries (never raises), and is logged once:
+    without its evidence, recorded failures stop refusing anything (issue 13)."""
+    global _ledger_warned
     from fa4doctor.probe.ledger import read_ledger
 
-    return read_ledger().entries  # never raises: a bad file reads as no entries
+    read = read_ledger()
+    if read.problem and not _ledger_warned:
+        _ledger_warned = True
+        log.warning("fa4doctor: %s; this process decides without smoke evidence (fix the file, see "
+                    "`fa4doctor check`)", read.problem)
+    return read.entries
 
 
 def _fresh() -> Environment:

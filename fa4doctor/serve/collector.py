@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fa4doctor.serve import multiproc
-from fa4doctor.serve.daemon import FAILURE_OUTCOMES, REVET_FAILURE_OUTCOMES, SKIP_REASONS, DaemonState
+from fa4doctor.serve.daemon import (FAILURE_OUTCOMES, REVET_FAILURE_OUTCOMES, SKIP_REASONS, UNREADY_AFTER_FAILURES,
+                                    DaemonState)
 from fa4doctor.exporters.metrics_env import GPU_LABELS, environment_families, gpu_labels
 from fa4doctor.exporters.metrics_smoke import smoke_families
 from fa4doctor.exporters.textfile import Families
@@ -133,20 +134,29 @@ class Collector:
         files = GaugeMetricFamily("fa4doctor_metrics_dir_files",
                                   "Files in the dispatch metrics directory, by state (writer: "
                                   "one process's counters, archive, ignored foreign file, "
-                                  "corrupt).", labels=["state"])
+                                  "corrupt, not_regular: a FIFO, symlink, device or directory, "
+                                  "never opened).", labels=["state"])
         for name, count in sorted(snapshot.files.items()):
             files.add_metric([name], count)
         dropped = GaugeMetricFamily("fa4doctor_metrics_dir_foreign_samples",
                                     "Samples in the metrics directory that are not fa4doctor "
                                     "dispatch counters (skipped).", value=snapshot.samples_dropped)
-        return [*snapshot.families, files, dropped]
+        held = GaugeMetricFamily("fa4doctor_metrics_dir_held_files",
+                                 "Corrupt counter files (and, as one, those since removed) still counted "
+                                 "at their last good values, so the dispatch counters never go down "
+                                 "because of them.", value=snapshot.held)
+        return [*snapshot.families, files, dropped, held]
 
 
 def health_families(state: DaemonState, rendered: dict[str, bool] | None = None) -> list[Metric]:
     """The daemon's own health: probe, smoke scheduling, NVML poll, metrics-dir compaction."""
     out: list[Metric] = [
         _gauge("fa4doctor_probe_up", "1 if the last probe cycle produced a valid report.", state.probe_up),
-        _gauge("fa4doctor_serve_ready", "1 once the first probe cycle has finished.", state.ready),
+        _gauge("fa4doctor_serve_ready", "1 once the first probe cycle has finished, 0 while the last "
+               f"{UNREADY_AFTER_FAILURES} or more cycles in a row failed (what /readyz answers).", state.ready),
+        _gauge("fa4doctor_ledger_readable", "1 if the vetting ledger could be read (or does not exist yet) at "
+               "the last look; 0 if not: its evidence is ignored and no smoke run can record.",
+               state.ledger_problem is None),
         _gauge("fa4doctor_serve_start_time_seconds", "When the daemon started (Unix time).", state.started),
         _counter("fa4doctor_probe_cycles", "Probe cycles run.", state.probe_cycles),
         _by_label("fa4doctor_probe_failures",

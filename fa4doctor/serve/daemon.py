@@ -43,6 +43,10 @@ FAILURE_OUTCOMES = ("failed", "crash", "timeout", "bad_output", "spawn_failed")
 # plan_failed: the probe's report could not be planned from, or the child's spec file not written
 REVET_FAILURE_OUTCOMES = (*FAILURE_OUTCOMES, "plan_failed")
 SKIP_REASONS = ("gpus_busy", "nvml_unavailable", "no_gpu")
+# /readyz answers 503 once this many probe cycles in a row have produced no valid report: the
+# daemon then serves only a stale report (22 failed cycles stayed "ready", issue 13). One or two
+# failures, a slow import or a busy node, do not flap it. docs/serve.md#readiness says why.
+UNREADY_AFTER_FAILURES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,8 @@ class DaemonState:
     probe_last_seconds: float | None = None
     probe_cycles: int = 0
     probe_failures: tuple[tuple[str, int], ...] = ()
+    probe_failures_in_a_row: int = 0
+    ledger_problem: str | None = None  # why the vetting ledger could not be read, at the last look
     smoke_runs: int = 0
     smoke_failures: tuple[tuple[str, int], ...] = ()
     smoke_skips: tuple[tuple[str, int], ...] = ()
@@ -251,12 +257,16 @@ class Daemon:
         s = self.state
         if result.outcome == "ok":
             self._update(check=result.payload, probe_up=True, probe_last_success=self._clock(),
-                         probe_last_seconds=result.seconds, probe_cycles=s.probe_cycles + 1, ready=True)
+                         probe_last_seconds=result.seconds, probe_cycles=s.probe_cycles + 1, ready=True,
+                         probe_failures_in_a_row=0)
             self._plan_revet(result.payload)
         else:
-            self._update(probe_up=False, probe_last_seconds=result.seconds, ready=True,
+            in_a_row = s.probe_failures_in_a_row + 1
+            self._update(probe_up=False, probe_last_seconds=result.seconds,
+                         ready=in_a_row < UNREADY_AFTER_FAILURES, probe_failures_in_a_row=in_a_row,
                          probe_cycles=s.probe_cycles + 1,
                          probe_failures=_bump(s.probe_failures, result.outcome))
+        self._read_ledger()  # its health is looked at every cycle, re-vet plan or not
         return result
 
     def poll_nvml(self) -> tuple[GpuLoad, ...] | None:
@@ -314,7 +324,7 @@ class Daemon:
         if not self._targets:
             self._update(vetting=(), revet_pending=False)
             return
-        vetting = revet.status(self._targets, read_ledger(self._ledger_path()).entries)
+        vetting = revet.status(self._targets, self._read_ledger())
         for target, found in zip(self._targets, vetting):
             if found.current:
                 self._vetted[target.key] = target.fingerprint
@@ -324,6 +334,16 @@ class Daemon:
 
     def _ledger_path(self) -> str | os.PathLike:
         return self.config.ledger or default_ledger_path(self._environ)  # where the children write
+
+    def _read_ledger(self) -> tuple:
+        """The ledger's entries; whether it could be read goes into the state (a metric), and a
+        new problem into the log, once."""
+        read = read_ledger(self._ledger_path())
+        if read.problem and read.problem != self.state.ledger_problem:
+            print(f"fa4doctor serve: {read.problem}; smoke evidence is ignored and no run can record",
+                  file=sys.stderr, flush=True)
+        self._update(ledger_problem=read.problem)
+        return read.entries
 
     def revet_due(self) -> bool:
         return self.state.revet_pending and time.monotonic() >= self._revet_not_before

@@ -8,7 +8,10 @@ died are summed into one archive file and removed, so totals stay monotonic acro
 Layout: the root and its immediate subdirectories are read (one subdirectory per container, so
 pid namespaces never share a directory, see docs/serve.md); deeper levels are ignored. The archive
 lives in the root. Corrupt files, files of other metric types, foreign metric names and label
-values outside the closed enums are skipped and counted, never raised.
+values outside the closed enums are skipped and counted, never raised. Only regular files are
+opened, never through a symlink and never blocking (a FIFO or `-> /dev/urandom` hung scrapes,
+issue 13); anything else is counted as `not_regular`. A file that read well and then turns
+corrupt keeps counting at its last good values, so node totals never go down because of it.
 
 >>> import tempfile
 >>> read_dispatch_counters(tempfile.mkdtemp()).files["writer"]
@@ -17,18 +20,22 @@ values outside the closed enums are skipped and counted, never raised.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import mmap
+import operator
 import os
+import stat
 import struct
 import threading
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
-from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.mmap_dict import MmapedDict  # noqa: F401  the format's writer, for callers and tests
 
 from fa4doctor.runtime.counters import CALLS, FALLBACK_LABELS, FALLBACKS, UNVETTED
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
@@ -59,48 +66,106 @@ FAMILIES = {
         "the current fingerprint, summed over the node's processes.",
         ("backend",), (_BACKENDS,)),
 }
-FILE_STATES = ("writer", "archive", "ignored", "corrupt")
+FILE_STATES = ("writer", "archive", "ignored", "corrupt", "not_regular")
+# Never follow a symlink, never block on a FIFO's open (O_NONBLOCK); fstat then refuses anything
+# that is not a regular file, so no read waits on a writer or streams from a device.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class NotRegularFile(OSError):
+    """A symlink, FIFO, socket, device or directory where a counter file should be."""
+
+
+def open_regular(path: str | os.PathLike) -> int:
+    """A read-only fd of the regular file at `path`; raises `NotRegularFile` for anything else."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symlink
+            raise NotRegularFile(errno.ELOOP, "a symlink", str(path)) from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+    return fd
 
 
 @dataclass(frozen=True, slots=True)
 class CounterSnapshot:
     """Summed counters plus what the directory held: `files[state]` counts writer (or live and
-    dead) / archive / ignored / corrupt files; `samples_dropped` counts foreign samples."""
+    dead) / archive / ignored / corrupt / not_regular files; `samples_dropped` counts foreign
+    samples; `held` counts the corrupt files (and removed ones) still counted at their last good
+    values."""
 
     families: tuple[Metric, ...] = ()
     files: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FILE_STATES, 0))
     samples_dropped: int = 0
+    held: int = 0
 
 
-def _entries(root: Path) -> list[tuple[str, str, int]]:
-    """(path, path relative to root, inode) of `*.db` in the root and its immediate subdirectories."""
-    found: list[tuple[str, str, int]] = []
+def _entries(root: Path) -> list[tuple[str, str, int, bool]]:
+    """(path, path relative to root, inode, whether it is a regular file) of `*.db` in the root
+    and its immediate subdirectories. The type comes from the directory entry (no stat, no open)."""
+    found: list[tuple[str, str, int, bool]] = []
     try:
         top = list(os.scandir(root))
     except OSError:
         return found
     for entry in top:
         if entry.name.endswith(".db"):
-            found.append((entry.path, entry.name, entry.inode()))
+            found.append((entry.path, entry.name, entry.inode(), _regular(entry)))
         elif entry.is_dir(follow_symlinks=False):
             try:
-                found.extend((e.path, f"{entry.name}/{e.name}", e.inode())
+                found.extend((e.path, f"{entry.name}/{e.name}", e.inode(), _regular(e))
                              for e in os.scandir(entry.path) if e.name.endswith(".db"))
             except OSError:  # removed while we listed it
                 continue
     return sorted(found)
 
 
+def _regular(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_file(follow_symlinks=False)
+    except OSError:  # removed since it was listed
+        return False
+
+
 def counter_files(root: str | os.PathLike) -> dict[str, Path]:
-    """`*.db` files in the root and its immediate subdirectories (one per container), by their
-    path relative to the root."""
-    return {rel: Path(path) for path, rel, _inode in _entries(Path(root))}
+    """Regular `*.db` files in the root and its immediate subdirectories (one per container), by
+    their path relative to the root."""
+    return {rel: Path(path) for path, rel, _inode, regular in _entries(Path(root)) if regular}
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The used bytes of one counter file, opened with `open_regular`."""
+    fd = open_regular(path)
+    try:
+        return _read_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd: int) -> bytes:
+    """The used bytes of an open counter file: never more than the file holds, whatever its
+    header claims (a huge used length would otherwise size the read buffer)."""
+    data = os.pread(fd, mmap.PAGESIZE, 0)
+    used = _INT.unpack_from(data, 0)[0]
+    if used > len(data):
+        if used > os.fstat(fd).st_size:
+            raise ValueError(f"file says {used} bytes are used but is shorter")
+        data += os.pread(fd, used - len(data), len(data))
+    return data
 
 
 def read_values(path: Path) -> list[tuple[str, str, dict, float]]:
     """(family, sample name, labels, value) of one file; raises on anything malformed."""
     rows = []
-    for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(path)):
+    for key, value in parse_values(read_file(path)):
         family, name, labels, _help = json.loads(key)
         if not (isinstance(family, str) and isinstance(name, str) and isinstance(labels, dict)):
             raise ValueError(f"{path}: malformed key {key!r}")
@@ -111,8 +176,8 @@ def read_values(path: Path) -> list[tuple[str, str, dict, float]]:
 def writer_alive(path: Path) -> bool:
     """True while some process holds a lock on the file (its writer's LOCK_SH)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = open_regular(path)
+    except (FileNotFoundError, NotRegularFile):  # a FIFO or a symlink is nobody's counter file
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,6 +242,7 @@ class _Layout:
     unique: bool  # no key repeats (prometheus-client never writes one twice)
     absorbed: frozenset[str]
     foreign: int
+    take: Callable[[tuple], tuple]  # the counted values of a row, in `ids` order (one C call)
 
     def unpack(self, data: bytes, inode: int) -> tuple | None:
         if inode != self.inode or len(data) < self.row.size or _INT.unpack_from(data, 0)[0] != self.used:
@@ -185,13 +251,6 @@ class _Layout:
         if row[1::3] != self.lengths or row[2::3] != self.keys:
             return None
         return row
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(mmap.PAGESIZE)
-        used = _INT.unpack_from(data, 0)[0]
-        return data + f.read(max(0, used - len(data)))
 
 
 class CounterReader:
@@ -204,6 +263,12 @@ class CounterReader:
     of what remained). Counters are summed across files exactly as prometheus-client's
     `MultiProcessCollector.merge` sums counters, in one pass that also validates each file:
     merge would read and parse every file a second time.
+
+    Counters never go down because of a bad file (issue 13; docs/serve.md): each file's last
+    good values (per inode) are kept, a file that reads lower than them counts at them, a file that
+    turns corrupt counts at them (`held`), and when a held file is removed its values stay in the
+    totals (`_retired`) for the daemon's lifetime. A writer only ever adds to its file, so a
+    value below the last good one can only be damage.
     """
 
     MAX_OPEN = 1024  # beyond this many files, read the rest without keeping them open
@@ -216,30 +281,35 @@ class CounterReader:
         self._layouts: dict[str, _Layout] = {}
         self._slot_ids: dict[tuple[str, tuple], int] = {}
         self._slots: list[tuple[str, tuple]] = []
+        self._good: dict[str, tuple[int, tuple, tuple]] = {}  # path -> (inode, slots, last good values)
+        self._held: set[str] = set()  # corrupt now, counted at their last good values
+        self._retired: dict[int, float] = {}  # last good values of held files since removed
         self._lock = threading.Lock()
 
     def read(self, *, check_locks: bool = False) -> CounterSnapshot:
         """Writer files count as `writer`, or as `live`/`dead` with `check_locks`."""
         with self._lock:
             entries = _entries(self.root)
-            self._close_missing({path for path, _rel, _inode in entries})
-            if not entries and not self.root.is_dir():
+            self._close_missing({e[0] for e in entries})
+            if not entries and not self.root.is_dir() and not self._retired:
                 return CounterSnapshot(families=tuple(empty_dispatch_families()))
-            totals: dict[int, float] = {}
+            totals: dict[int, float] = dict(self._retired)
             tally, dropped = Tally(), 0
             # the archive first: the files it lists are already in it
             archive = [e for e in entries if e[1] == ARCHIVE_NAME]
             absorbed: set[str] = set()
-            for path, rel, inode in archive + [e for e in entries if e[1] != ARCHIVE_NAME]:
-                if rel in absorbed:  # compaction unlinks it
+            for path, rel, inode, regular in archive + [e for e in entries if e[1] != ARCHIVE_NAME]:
+                if rel in absorbed:  # compaction unlinks it; the archive holds its counts now
+                    self._forget(path)
                     continue
-                state, foreign = self._add(path, rel, inode, totals, absorbed)
+                state, foreign = self._add(path, rel, inode, totals, absorbed) if regular else ("not_regular", 0)
                 dropped += foreign
                 if state == "writer" and check_locks:
                     state = "live" if writer_alive(Path(path)) else "dead"
                 tally[state] += 1
             named = {self._slots[slot]: value for slot, value in totals.items()}
-        return _snapshot(named, tally, dropped)
+            held = len(self._held) + bool(self._retired)
+        return _snapshot(named, tally, dropped, held)
 
     def _add(self, path: str, rel: str, inode: int, totals: dict, absorbed: set) -> tuple[str, int]:
         if not rel.rpartition("/")[2].startswith("counter_"):
@@ -251,19 +321,26 @@ class CounterReader:
             if row is None:
                 layout = self._layout(path, inode, data)
                 row = layout.row.unpack_from(data)
+        except NotRegularFile:  # replaced by a FIFO or a symlink since it was listed
+            self._forget(path)
+            return "not_regular", 0
         except UNREADABLE:
             self._layouts.pop(path, None)
-            return "corrupt", 0  # nothing of a corrupt file is counted
+            good = self._good.get(path)
+            if good is not None and good[0] == inode:  # it read well before: its last good values
+                self._held.add(path)
+                _add_to(totals, good[1], good[2])
+            return "corrupt", 0
         absorbed.update(layout.absorbed)
+        self._held.discard(path)
+        ids, values = self._floor(path, inode, layout.ids, layout.take(row))
         if layout.unique:
-            for pick, slot in zip(layout.picks, layout.ids):
-                totals[slot] = totals.get(slot, 0.0) + row[pick]
+            for slot, value in zip(ids, values):
+                totals[slot] = totals.get(slot, 0.0) + value
         else:  # a key that repeats in one file is summed within the file first, as merge does
             sums: dict[int, float] = {}
-            for pick, slot in zip(layout.picks, layout.ids):
-                sums[slot] = sums.get(slot, 0.0) + row[pick]
-            for slot, value in sums.items():
-                totals[slot] = totals.get(slot, 0.0) + value
+            _add_to(sums, ids, values)
+            _add_to(totals, tuple(sums), tuple(sums.values()))
         if rel == ARCHIVE_NAME:
             return "archive", layout.foreign
         return ("ignored" if layout.foreign and not layout.ids else "writer"), layout.foreign
@@ -280,10 +357,27 @@ class CounterReader:
                          picks=tuple(pick for pick, _p in counted),
                          ids=ids, unique=len(set(ids)) == len(ids),
                          absorbed=frozenset(p for p in parsed if isinstance(p, str)),
-                         foreign=sum(p is None for p in parsed))
+                         foreign=sum(p is None for p in parsed), take=_taker(tuple(pick for pick, _p in counted)))
         if path in self._layouts or len(self._layouts) < self.MAX_OPEN:
             self._layouts[path] = layout
         return layout
+
+    def _floor(self, path: str, inode: int, ids: tuple, values: tuple) -> tuple[tuple, tuple]:
+        """This file's values, never below its last good ones (a writer only adds: a lower value
+        or a lost key is damage), remembered as its last good."""
+        good = self._good.get(path)
+        if good is not None and good[0] == inode:
+            if good[1] == ids:  # its keys are as they were: compare in place (C loops)
+                if any(map(operator.lt, values, good[2])):
+                    values = tuple(map(max, values, good[2]))
+            else:  # keys appended, or some lost: compare slot by slot, keep the lost ones
+                last = dict(zip(good[1], good[2]))
+                values = tuple(max(v, last.get(s, 0.0)) for s, v in zip(ids, values))
+                lost = [(s, v) for s, v in zip(good[1], good[2]) if s not in ids]
+                ids, values = ids + tuple(s for s, _ in lost), values + tuple(v for _, v in lost)
+        if good is not None or len(self._good) < self.MAX_OPEN:
+            self._good[path] = (inode, ids, values)
+        return ids, values
 
     def _slot(self, counted: tuple[str, tuple]) -> int:
         """A small int per (family, labels): bounded, as `wanted` admits only the closed enums."""
@@ -299,14 +393,9 @@ class CounterReader:
             cached = None
         if cached is None:
             if len(self._fds) >= self.MAX_OPEN:
-                return _read_file(path)
-            cached = self._fds[path] = (inode, os.open(path, os.O_RDONLY | os.O_CLOEXEC))
-        fd = cached[1]
-        data = os.pread(fd, mmap.PAGESIZE, 0)
-        used = _INT.unpack_from(data, 0)[0]
-        if used > len(data):
-            data += os.pread(fd, used - len(data), len(data))
-        return data
+                return read_file(path)
+            cached = self._fds[path] = (inode, open_regular(path))
+        return _read_fd(cached[1])
 
     def _parse(self, key: str) -> tuple[str, tuple] | str | None:
         """(family, labels) to keep, the file name an archive absorbed, or None: foreign."""
@@ -331,20 +420,42 @@ class CounterReader:
             os.close(self._fds.pop(path)[1])
         for path in [p for p in self._layouts if p not in present]:
             del self._layouts[path]
+        for path in [p for p in self._good if p not in present]:
+            _inode, ids, values = self._good.pop(path)
+            if path in self._held:  # a corrupt file removed by hand: its counts were real
+                _add_to(self._retired, ids, values)
+        self._held &= present
+
+    def _forget(self, path: str) -> None:
+        """Drop a file's last good values: they are in the archive now, or it is not a file."""
+        self._good.pop(path, None)
+        self._held.discard(path)
 
     def close(self) -> None:
         with self._lock:
             self._close_missing(set())
 
 
-def _snapshot(totals: dict[tuple, float], tally: Tally, dropped: int) -> CounterSnapshot:
+def _add_to(totals: dict[int, float], ids: tuple, values: tuple) -> None:
+    for slot, value in zip(ids, values):
+        totals[slot] = totals.get(slot, 0.0) + value
+
+
+def _taker(picks: tuple[int, ...]) -> Callable[[tuple], tuple]:
+    """`row -> tuple(row[p] for p in picks)`, as one `itemgetter` where it can."""
+    if len(picks) > 1:
+        return operator.itemgetter(*picks)
+    return (lambda row: (row[picks[0]],)) if picks else (lambda row: ())
+
+
+def _snapshot(totals: dict[tuple, float], tally: Tally, dropped: int, held: int = 0) -> CounterSnapshot:
     families = empty_dispatch_families()
     for family in families:
         for (name, labels), value in sorted(totals.items()):
             if name == family.name:
                 family.add_sample(name + "_total", dict(labels), value)
     files = dict.fromkeys(FILE_STATES, 0) | dict(tally)
-    return CounterSnapshot(families=tuple(families), files=files, samples_dropped=dropped)
+    return CounterSnapshot(families=tuple(families), files=files, samples_dropped=dropped, held=held)
 
 
 def read_dispatch_counters(root: str | os.PathLike, *, check_locks: bool = False) -> CounterSnapshot:

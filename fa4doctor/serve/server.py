@@ -35,7 +35,7 @@ LANDING = """<!doctype html>
 <li><a href="/metrics">/metrics</a>: Prometheus metrics</li>
 <li><a href="/report.json">/report.json</a>: the latest <code>fa4doctor check --json</code></li>
 <li><a href="/healthz">/healthz</a>: the daemon is alive</li>
-<li><a href="/readyz">/readyz</a>: the first probe cycle has finished</li>
+<li><a href="/readyz">/readyz</a>: the first probe cycle has finished, and the probe is not failing</li>
 </ul></body></html>
 """
 
@@ -45,8 +45,17 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30  # a client that stalls mid-request frees its thread (socket timeout)
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as two writes: never wait on an ACK
+    _head = False  # this request is a HEAD: headers only (RFC 9110 9.3.2)
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+        self._head = False
+        self._route()
+
+    def do_HEAD(self) -> None:  # noqa: N802  some probes and load balancers check /healthz with HEAD
+        self._head = True
+        self._route()
+
+    def _route(self) -> None:
         path = self.path.split("?", 1)[0]
         route = {"/": self._landing, "/metrics": self._metrics, "/healthz": self._healthz,
                  "/readyz": self._readyz, "/report.json": self._report}.get(path)
@@ -69,8 +78,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, "text/plain; charset=utf-8", b"ok\n")
 
     def _readyz(self) -> None:
-        if self.server.state().ready:
+        state = self.server.state()
+        if state.ready:
             self._send(200, "text/plain; charset=utf-8", b"ready\n")
+        elif getattr(state, "probe_cycles", 0):
+            why = f"the last {state.probe_failures_in_a_row} probe cycles failed: /report.json is stale\n"
+            self._send(503, "text/plain; charset=utf-8", why.encode())
         else:
             self._send(503, "text/plain; charset=utf-8", b"waiting for the first probe cycle\n")
 
@@ -87,7 +100,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not self._head:
+            self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # one line per scrape would drown the daemon's own log
@@ -96,6 +110,11 @@ class _Handler(BaseHTTPRequestHandler):
 class DaemonHTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # in-flight scrapes never block shutdown
     allow_reuse_address = True
+    # listen() backlog: socketserver's default of 5 made 50 clients connecting at once wait for
+    # SYN retransmits (p99 1.2 s, issue 13). 128 admits that many at once: a Prometheus HA pair,
+    # kubelet probes and a hundred ad-hoc scrapers. Linux caps it at net.core.somaxconn (4096
+    # since 5.4); a thread per accepted connection serves them.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], state: Callable[[], Any], collector: Any):
         if ":" in address[0]:

@@ -114,8 +114,8 @@ def test_ledger_entries_replace_the_environments(tmp_path):
     assert code == 3 and data["fallback_reason"] == "smoke_failed"
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
-    result = run("--env", H100, "--ledger", str(broken))
-    assert result.exit_code == 0 and "warning: ignoring ledger" in result.stderr
+    result = run("--env", H100, "--ledger", str(broken))  # the user named it: exit 2, not a warning (issue 13)
+    assert result.exit_code == 2 and "ignoring ledger" in result.stderr and str(broken) in result.stderr
 
 
 def test_without_env_it_probes_this_machine(monkeypatch):

@@ -198,7 +198,8 @@ def test_fabric_state_comes_from_the_versioned_query_only():
 
     calls = []
 
-    def versioned(handle, info):
+    def versioned(handle, pointer):
+        info = pointer._obj  # a ctypes.byref(): C gets a pointer, never the struct by value
         calls.append(type(info).__name__)
         info.state, info.status = 3, 0
 

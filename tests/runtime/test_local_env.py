@@ -87,3 +87,22 @@ def test_the_runtime_reads_fa4_knobs_as_the_probe_does(tmp_path: Path, monkeypat
     runtime, codes = runtime_codes()
     assert fingerprint(FA4, runtime, runtime.gpu(0)) != fingerprint(FA4, probed, gpu)
     assert "smoke_failed" not in codes
+
+
+def test_a_bad_ledger_never_breaks_attention_and_is_logged_once_per_process(tmp_path: Path, monkeypatch, caplog):
+    """Issue 13 item 1: a ledger that is not UTF-8 made every attention() raise UnicodeDecodeError."""
+    import torch
+
+    from fa4doctor.dispatch import attention
+
+    path = tmp_path / "ledger.json"
+    path.write_bytes(b"\xff\xfe{}")
+    monkeypatch.setenv("FA4DOCTOR_LEDGER", str(path))
+    monkeypatch.setattr(local_env, "_ledger_warned", False, raising=False)
+    caplog.set_level("WARNING", logger="fa4doctor.dispatch")
+    for head_dim in (16, 32):  # a fresh environment each time: the ledger is read again
+        local_env.reset()
+        q = torch.randn(1, 8, 2, head_dim)
+        assert attention(q, q, q).shape == q.shape
+    warnings = [r.getMessage() for r in caplog.records if "ledger" in r.getMessage()]
+    assert len(warnings) == 1 and "not UTF-8" in warnings[0] and str(path) in warnings[0]

@@ -215,7 +215,9 @@ def snapshot_values(snap) -> tuple:
 
 
 def test_a_long_lived_reader_always_agrees_with_a_fresh_read(tmp_path):
-    """The reader decodes an unchanged file with a cached layout; any other change re-parses it."""
+    """The reader decodes an unchanged file with a cached layout; any other change re-parses it.
+    Where a file is damaged, the long-lived reader keeps its last good values (issue 13), which a
+    fresh read cannot know."""
     reader = multiproc.CounterReader(tmp_path)
     path = write_counters(tmp_path / "counter_1-aaaaaaaa.db", {"sdpa": 1})
     other = write_counters(tmp_path / "counter_2-bbbbbbbb.db", {"fa4": 2}, {FB: 1})
@@ -230,12 +232,16 @@ def test_a_long_lived_reader_always_agrees_with_a_fresh_read(tmp_path):
     assert same() and fallbacks(tmp_path) == 3
     data = bytearray(other.read_bytes())
     key_at = data.index(b"fa4doctor_dispatch_calls")
-    data[key_at:key_at + 9] = b"somebody_"  # the same length, a foreign key now
+    data[key_at:key_at + 9] = b"somebody_"  # the same length, a foreign key now: damage
     other.write_bytes(bytes(data))
-    assert same() and reader.read().samples_dropped == 1
+    snap = reader.read()
+    assert snap.samples_dropped == 1 and calls(tmp_path, "fa4") == 0
+    assert snapshot_values(snap)[0][("fa4doctor_dispatch_calls_total", (("backend", "fa4"),))] == 2  # kept
     data[key_at + 1] = 0xFF  # not UTF-8: the whole file is corrupt
     other.write_bytes(bytes(data))
-    assert same() and reader.read().files["corrupt"] == 1 and calls(tmp_path, "fa4") == 0
+    snap = reader.read()
+    assert snap.files["corrupt"] == 1 and snap.held == 1 and calls(tmp_path, "fa4") == 0
+    assert snapshot_values(snap)[0][("fa4doctor_dispatch_calls_total", (("backend", "fa4"),))] == 2
     reader.close()
 
 

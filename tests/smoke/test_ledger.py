@@ -16,7 +16,7 @@ from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import LedgerEntry
-from fa4doctor.probe.ledger import default_ledger_path, read_ledger, record
+from fa4doctor.probe.ledger import LedgerError, LedgerRead, default_ledger_path, read_ledger, record
 from ledger_helpers import flat_entry
 
 from .conftest import H100, fa4_env
@@ -73,14 +73,22 @@ def test_a_newer_result_replaces_the_same_case(tmp_path):
     ('{"schema": "someone.else", "entries": []}', "not a fa4doctor ledger"),
     ('{"schema": "fa4doctor.ledger", "schema_version": 99, "entries": []}', "schema_version 99"),
     ('{"schema": "fa4doctor.ledger", "schema_version": 1, "entries": [{"backend": "fa9"}]}', "fa9"),
-    ("", "ignoring ledger"),
 ])
-def test_corrupt_or_foreign_files_are_reported_ignored_and_replaced(tmp_path, content, why):
+def test_corrupt_or_foreign_files_are_reported_ignored_and_never_replaced(tmp_path, content, why):
     path = tmp_path / "ledger.json"
     path.write_text(content)
     read = read_ledger(path)
     assert read.entries == () and why in read.problem
-    record([_entry("a")], path)  # the next writer replaces it with a valid file
+    with pytest.raises(LedgerError, match="refusing to write"):  # it could hold what a person can repair
+        record([_entry("a")], path)
+    assert path.read_text() == content
+
+
+def test_an_empty_file_is_an_empty_ledger(tmp_path):
+    path = tmp_path / "ledger.json"
+    path.write_text("")  # created ahead of time with the node's mode and group
+    assert read_ledger(path) == LedgerRead(())
+    record([_entry("a")], path)
     assert [e.case for e in read_ledger(path).entries] == ["a"]
 
 
@@ -140,5 +148,5 @@ def test_explain_shows_the_ledger_anywhere(tmp_path):
     assert _explain("--env", str(newer), "--ledger", str(ledger)).exit_code == 0
     corrupt = tmp_path / "bad.json"
     corrupt.write_text("{")
-    result = _explain("--env", str(snapshot), "--ledger", str(corrupt))
-    assert result.exit_code == 0 and "ignoring ledger" in result.output
+    result = _explain("--env", str(snapshot), "--ledger", str(corrupt))  # named, so exit 2 (issue 13)
+    assert result.exit_code == 2 and "ignoring ledger" in result.output and str(corrupt) in result.output
