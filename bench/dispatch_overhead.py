@@ -40,7 +40,7 @@ import time
 
 GRAD_ENABLED = None  # torch.is_grad_enabled, bound in main() (no torch import at import time)
 FA4_DEFAULTS = {"softmax_scale": None, "causal": False, "window_size": (None, None), "softcap": 0.0,
-                "num_splits": 1, "deterministic": False}  # flash_attn_func's own (b36 iface:4145)
+                "num_splits": 1, "deterministic": False}  # flash_attn_func's own (b36 iface@b36:4145)
 
 
 def exact_call(backend: str, plan):

@@ -123,3 +123,11 @@ def test_paths_into_the_repository_exist():
                 if not (ROOT / named).exists():
                     missing.append(f"{path.relative_to(ROOT)}:{number}: {named}")
     assert not missing, "paths that are not in the repository:\n" + "\n".join(missing)
+
+
+def test_every_fa4_interface_citation_names_its_version():
+    """FA4's interface.py moves thousands of lines between betas: `iface:LINE` alone points nowhere."""
+    bare = [f"{p.relative_to(ROOT)}:{n}" for p in _tracked_text_files()
+            for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+            if re.search(r"\biface:\d", line)]
+    assert not bare, "write iface@b36:LINE (the beta the line was read from):\n" + "\n".join(bare)

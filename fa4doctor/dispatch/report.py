@@ -23,6 +23,7 @@ from fa4doctor.dispatch.versions import parse
 from fa4doctor.dispatch.vetting import fingerprint
 from fa4doctor.environment import Environment, GpuFacts
 from fa4doctor.dispatch.default_specs import DEFAULT_SPECS
+from fa4doctor.dispatch.known_bugs import KNOWN_BUGS
 
 SCHEMA = "fa4doctor.check"
 SCHEMA_VERSION = 1
@@ -93,6 +94,27 @@ def verdict_problems(found: list[dict], expect: BackendName) -> list[dict]:
     return problems
 
 
+def known_bug_problems(env: Environment) -> list[dict]:
+    """Each known bug (dispatch/known_bugs.py) of an installed backend's version on a GPU model here:
+    a warning, since the dispatcher routes the calls it touches elsewhere unless this node proves them."""
+    found, seen = [], set()
+    for gpu in env.gpus:
+        for install in env.backends:
+            for bug in KNOWN_BUGS:
+                key = (bug.id, gpu.name)
+                if bug.backend is not install.backend or not install.installed or key in seen \
+                        or gpu.compute_capability[0] not in bug.arch_majors or not bug.affects_version(install.version):
+                    continue
+                seen.add(key)
+                fix = (f"upgrade to {bug.fixed_in} or newer" if bug.fixed_in else
+                       "none released; fa4doctor smoke proves a class on this node if it works here")
+                found.append({"code": "known_bug", "severity": "warning",
+                              "message": f"{bug.id} affects {install.distribution} {install.version} on {gpu.name}: "
+                                         f"{bug.effect} ({bug.where}); those calls run on another backend",
+                              "fix": fix})
+    return found
+
+
 def ledger_problems(env: Environment) -> list[dict]:
     """This node's recorded smoke failures are findings: one per backend and GPU model whose current
     fingerprint has failures (an error: a kernel here computes wrong results or does not run)."""
@@ -122,8 +144,8 @@ def build_report(env: Environment, specs: Sequence[tuple[str, AttentionSpec]] = 
     """The whole `check --json` object for `env` (verdicts recomputed from it, never stored)."""
     found = verdicts(env, specs, policy, only)
     problems = [{"code": f.code, "severity": f.severity, "message": f.message, "fix": f.fix} for f in env.findings]
-    problems += verdict_problems(found, expect)
-    problems += ledger_problems(env)
+    problems += known_bug_problems(env) + ledger_problems(env)
+    problems += verdict_problems(found, expect)  # the conclusion, last
     healthy = not any(p["severity"] == "error" for p in problems)
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "environment": env.to_plain(),
             "expect": expect.value, "verdicts": found, "problems": problems, "healthy": healthy,

@@ -150,3 +150,14 @@ def test_check_reports_recorded_failures_as_an_error():
     found = [p for p in failing["problems"] if p["code"] == "smoke_failures_recorded"]
     assert len(found) == 1 and found[0]["severity"] == "error" and "head dims 72" in found[0]["message"]
     assert failing["exit_code"] == 3
+
+
+def test_check_names_the_known_bugs_of_the_installed_beta_as_warnings():
+    on_h100 = build_report(make_env((9, 0), fa4="4.0.0b40"))
+    ids = {p["message"].split(" ")[0] for p in on_h100["problems"] if p["code"] == "known_bug"}
+    assert ids == {"fa4-sm90-dq-head-dim"}  # b40 has the bounded varlen loads; softcap/GQA fixes are older
+    assert all(p["severity"] == "warning" for p in on_h100["problems"] if p["code"] == "known_bug")
+    old = build_report(make_env((9, 0), fa4="4.0.0b11"))
+    assert {p["message"].split(" ")[0] for p in old["problems"] if p["code"] == "known_bug"} == {
+        "fa4-sm90-dq-head-dim", "fa4-sm90-bwd-varlen-past-seqlen-k", "fa4-sm90-deterministic-gqa"}
+    assert not [p for p in build_report(make_env((8, 0), fa4="4.0.0b40"))["problems"] if p["code"] == "known_bug"]

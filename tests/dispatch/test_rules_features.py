@@ -61,7 +61,7 @@ def test_fa4_softcap_backward_needs_b9(version, training, ok):
 @pytest.mark.parametrize("cc, version, dims, training, ok", [
     ((9, 0), "4.0.0b26", 128, True, True), ((9, 0), "4.0.0b25", 128, True, False),
     ((9, 0), "4.0.0b25", 128, False, True), ((10, 0), "4.0.0b26", 128, True, True),
-    ((10, 0), "4.0.0b36", 256, True, False), ((10, 0), "4.0.0b36", 256, False, True),  # iface:2455
+    ((10, 0), "4.0.0b36", 256, True, False), ((10, 0), "4.0.0b36", 256, False, True),  # iface@b36:2455
     ((8, 0), "4.0.0b36", 128, False, False), ((12, 0), "4.0.0b36", 128, False, False),
     ((11, 0), "4.0.0b36", 128, False, True),
 ])

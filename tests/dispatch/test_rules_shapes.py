@@ -27,7 +27,7 @@ def spec(hd, hd_v=None, **kw):
 ])
 @pytest.mark.parametrize("cc", [(9, 0), (8, 0), (12, 0)])
 def test_fa4_head_dims_sm90_rule(dims, ok, cc):
-    # iface:121-139 on SM90 (measured on an H100: 36, 100, 260, 512 refused); SM8x/12x share it here.
+    # iface@b36:121-139 on SM90 (measured on an H100: 36, 100, 260, 512 refused); SM8x/12x share it here.
     s = spec(*dims, training=False)
     assert (HD not in codes(B.FA4, s, only(B.FA4, cc))) is ok
 

@@ -1,6 +1,6 @@
 """FlashAttention-4 (`flash-attn-4`, module `flash_attn.cute`): CuTe DSL kernels, JIT-compiled.
 
-Facts from FA4 b36 `flash_attn/cute/interface.py` (cited as iface:LINE) and TransformerEngine's
+Facts from FA4 `flash_attn/cute/interface.py` (cited as iface@VERSION:LINE, e.g. iface@b36:845 for 4.0.0b36) and TransformerEngine's
 `get_attention_backend` (TE utils.py:LINE); the snapshots, and what was checked on an H100 under
 docs/validation/, are in docs/sources.md.
 """
@@ -28,13 +28,15 @@ class FA4(Backend):
     MIN_VERSION = "4.0.0b5"
     # b11 is TransformerEngine's tested pin (TE qa/L3_pytorch_FA_versions_test/test.sh).
     RECOMMENDED_VERSION = "4.0.0b11"
-    FWD_ARCH_MAJORS = frozenset({8, 9, 10, 11, 12})  # iface:845
-    BWD_ARCH_MAJORS = frozenset({9, 10, 11, 12})  # iface:2288: no SM80 backward
+    FWD_ARCH_MAJORS = frozenset({8, 9, 10, 11, 12})  # iface@b36:845
+    BWD_ARCH_MAJORS = frozenset({9, 10, 11, 12})  # iface@b36:2288: no SM80 backward
     EXPERIMENTAL_ARCH_MAJORS = frozenset({8, 12})  # TE #3341 turns SM8x off; FA #2453 for SM12x
     # b30 (FA PR #2490) reads negative window sides literally, so a top-left causal mask with
     # seqlen_q < seqlen_kv becomes an exact window (semantics.fa_mask; docs/validation/h100-recon.txt).
     NEGATIVE_WINDOWS_SINCE = "4.0.0b30"
-    DTYPES = frozenset({Dtype.FP16, Dtype.BF16, Dtype.FP8_E4M3, Dtype.FP8_E5M2})  # iface:801
+    # The other betas a rule turns on, by what arrived there (sources beside each use below).
+    SINCE = {"fp8_forward": "4.0.0b10", "sink_backward": "4.0.0b26", "auto_splits_off_sm100": "4.0.0b39"}
+    DTYPES = frozenset({Dtype.FP16, Dtype.BF16, Dtype.FP8_E4M3, Dtype.FP8_E5M2})  # iface@b36:801
     FEATURES = {
         "softcap": "",  # backward from b9, checked below
         "learnable_sink": "",  # forward on SM90/10x/11x, backward from b26, checked below
@@ -58,7 +60,7 @@ class FA4(Backend):
         if cls._num_splits_refused(spec.num_splits, major, cls.version(env)):
             reasons.append(Reason(R.NUM_SPLITS_UNSUPPORTED, f"num_splits={spec.num_splits} needs SM100/SM110; "
                                   f"flash-attn-4 {cls.version(env)} takes only num_splits=1"
-                                  f"{' or 0' if at_least(cls.version(env), AUTO_SPLITS_SINCE) else ''} "
+                                  f"{' or 0' if at_least(cls.version(env), cls.SINCE['auto_splits_off_sm100']) else ''} "
                                   f"on {cc_text(gpu)}"))
         reasons += cls._feature_arch_reasons(spec, env, gpu)  # known bugs: dispatch/known_bugs.py
         return reasons
@@ -67,11 +69,11 @@ class FA4(Backend):
     def _num_splits_refused(num_splits: int, major: int, version: str | None) -> bool:
         if num_splits == 1 or major in (10, 11):
             return False
-        # Below b39 "SplitKV not supported on SM 8.0/9.0" (iface:1612, 1631), also for the heuristic's
-        # splits (num_splits=0); SM120 asserts num_splits <= 1 (iface:417). From b39 num_splits=0 resolves
+        # Below b39 "SplitKV not supported on SM 8.0/9.0" (iface@b36:1612, 1631), also for the heuristic's
+        # splits (num_splits=0); SM120 asserts num_splits <= 1 (iface@b36:417). From b39 num_splits=0 resolves
         # to 1 off SM100 (flash_attn/cute/config.py 4.0.0b40 L1594-1596; interface.py 4.0.0b40 L193), and
         # num_splits > 1 still raises (config.py 4.0.0b40 L1925-1930).
-        return not (num_splits == 0 and at_least(version, AUTO_SPLITS_SINCE))
+        return not (num_splits == 0 and at_least(version, FA4.SINCE['auto_splits_off_sm100']))
 
     @classmethod
     def install_reasons(cls, env: Environment) -> list[Reason]:
@@ -89,12 +91,13 @@ class FA4(Backend):
     def _fp8_reasons(cls, spec: AttentionSpec, env: Environment, gpu: GpuFacts) -> list[Reason]:
         if not spec.fp8:
             return []
-        # FP8 forward only on arch//10 == 10, never with gradients (iface:857-861, 925).
+        # FP8 forward only on arch//10 == 10, never with gradients (iface@b36:857-861, 925).
         if gpu.compute_capability[0] != 10 or spec.training:
             return [Reason(R.FP8_UNSUPPORTED, f"FP8 runs forward-only on compute capability 10.x; "
                            f"asked for {'training' if spec.training else 'inference'} on {cc_text(gpu)}")]
-        if not cls.has_version(env, "4.0.0b10"):  # FP8 forward arrived in b10 (commit b65ae6b1)
-            return [Reason(R.FP8_UNSUPPORTED, f"FP8 needs flash-attn-4 >= 4.0.0b10, found {cls.version(env)}")]
+        if not cls.has_version(env, cls.SINCE["fp8_forward"]):  # FP8 forward arrived in b10 (commit b65ae6b1)
+            return [Reason(R.FP8_UNSUPPORTED, f"FP8 needs flash-attn-4 >= {cls.SINCE['fp8_forward']}, "
+                           f"found {cls.version(env)}")]
         return []
 
     @classmethod
@@ -116,16 +119,14 @@ class FA4(Backend):
         if spec.learnable_sink and major not in (9, 10, 11):
             # SM80 asserts (flash_fwd.py:651); SM12x uses the SM80 kernel.
             reasons.append(Reason(R.SINK_UNSUPPORTED, f"learnable sink has no kernel on {cc_text(gpu)}"))
-        elif spec.learnable_sink and spec.training and not cls.has_version(env, "4.0.0b26"):
+        elif spec.learnable_sink and spec.training and not cls.has_version(env, cls.SINCE["sink_backward"]):
             reasons.append(Reason(R.SINK_UNSUPPORTED, f"learnable-sink backward needs flash-attn-4 >= "
-                                  f"4.0.0b26 (FA PR #2706), found {cls.version(env)}"))
+                                  f"{cls.SINCE['sink_backward']} (FA PR #2706), found {cls.version(env)}"))
         if spec.deterministic and spec.training and major == 12:
             reasons.append(Reason(R.DETERMINISTIC_UNSUPPORTED, f"deterministic backward asserts on "
-                                  f"{cc_text(gpu)} (iface:2352)"))
+                                  f"{cc_text(gpu)} (iface@b36:2352)"))
         return reasons
 
-
-AUTO_SPLITS_SINCE = "4.0.0b39"  # num_splits=0 (auto) resolves to 1 off SM100 instead of raising
 
 # SM100/SM110 head-dim shapes newer than the b5 floor: (64, 512) MLA-absorbed arrived in b9,
 # the dedicated (256, 256) kernel in b11 (FA PR #2412); docs/sources.md#fa4-head-dims.
@@ -136,12 +137,12 @@ def head_dim_problem(hd: int, hd_v: int, major: int, dtype: Dtype, training: boo
                      cross: bool) -> str | None:
     """Why FA4 refuses these head dims on this architecture, or None.
 
-    The same rule FA4's `_validate_head_dims` applies (iface:121-139), then TE's SM100 exclusions.
+    The same rule FA4's `_validate_head_dims` applies (iface@b36:121-139), then TE's SM100 exclusions.
     """
     alignment = 16 // dtype.itemsize
     aligned = hd % alignment == 0 and hd_v % alignment == 0
     if major in (8, 9, 12):
-        # FA4 skips validation on SM8x/12x (iface:848, 2569); the kernels share SM90's limits
+        # FA4 skips validation on SM8x/12x (iface@b36:848, 2569); the kernels share SM90's limits
         # (smem), so the SM90 range is the conservative reading.
         if 8 <= hd <= 256 and 8 <= hd_v <= 256 and aligned:
             return None

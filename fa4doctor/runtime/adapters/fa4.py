@@ -5,9 +5,9 @@
 - An unbounded window side is `None`, never -1: from b30 `window_size=(-1, 0)` masks every key and
   returns zeros (FA PR #2490; docs/sources.md#fa4-window-sides). Plain causal is `causal=True`
   with no window.
-- `num_splits=1`: any split > 1 asserts below SM100 (iface:1612, 1631; docs/sources.md#fa4-architectures).
+- `num_splits=1`: any split > 1 asserts below SM100 (iface@b36:1612, 1631; docs/sources.md#fa4-architectures).
 - `max_seqlen_*` as Python ints: a tensor recompiles on every step before b26 (FA PRs #2507, #2762).
-- Both public functions return `(out, lse)` in every beta (iface:3854, 4032).
+- Both public functions return `(out, lse)` in every beta (iface@b36:3854, 4032).
 - `learnable_sink` in bfloat16, the only dtype most betas accept.
 """
 

@@ -138,7 +138,7 @@ def dense(q, k, v, spec: AttentionSpec, scale: float, alibi=None, sink=None) -> 
     sq, sk = q.shape[1], k.shape[1]
     if q.shape[0] == 0 or sq == 0:
         return q.new_zeros(*q.shape[:-1], v.shape[-1])
-    if spec.fp8:  # SDPA takes no FP8; FA4's FP8 output is bf16 too (iface:925)
+    if spec.fp8:  # SDPA takes no FP8; FA4's FP8 output is bf16 too (iface@b36:925)
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     if sk == 0:

@@ -1,6 +1,6 @@
 """Fake `flash_attn.cute` (FA4 b36's public surface): records calls, computes in float64.
 
-Mirrors b36 `_resolve_causal_local_window` (iface:438-460): both sides negative -> unbounded;
+Mirrors b36 `_resolve_causal_local_window` (iface@b36:438-460): both sides negative -> unbounded;
 then causal forces right = 0; any other negative side is used literally (zeros).
 """
 
