@@ -158,10 +158,13 @@ def user_specs(extra_specs: Sequence[AttentionSpec] = (),
 
 def _shrink(spec: AttentionSpec) -> AttentionSpec:
     longest = max(spec.seqlen_q, spec.seqlen_kv)
-    if longest <= MAX_SEQLEN:
+    if longest <= MAX_SEQLEN or spec.seqlen_q == 1:
+        # A decode call is never shrunk: it is cheap at any KV length, and FA4 >= b39 chooses between
+        # its SwapAB decode kernel and the standard one by KV length and batch x KV heads
+        # (flash_attn/cute/config.py 4.0.0b40 L1313-1319), so only the real shape runs the kernel the
+        # real call gets.
         return spec
-    # One query token stays one: it selects FA4's decode kernel (_decode_specs).
-    scale = lambda n: n if n == 1 else max(8, n * MAX_SEQLEN // longest // 8 * 8)  # noqa: E731
+    scale = lambda n: max(8, n * MAX_SEQLEN // longest // 8 * 8)  # noqa: E731
     fields = {**spec.to_dict(), "seqlen_q": scale(spec.seqlen_q), "seqlen_kv": scale(spec.seqlen_kv)}
     if not spec.varlen:
         fields["same_seqlens"] = None

@@ -95,3 +95,14 @@ def test_head_dims_parse_and_errors():
     # The CLI repeats levels and backends so that `--help` loads no smoke code: the copies must not drift.
     assert LEVELS == smoke_cli.SMOKE_LEVELS == ("quick", "standard", "thorough")
     assert smoke_cli.BACKENDS == tuple(b.NAME.value for b in PRIORITY)
+
+
+def test_decode_specs_keep_their_real_shape_and_standard_has_decode_cases():
+    """FA4 picks its decode kernel by KV length and batch x KV heads, so a decode spec is run as given."""
+    decode = AttentionSpec(seqlen_q=1, seqlen_kv=16384, num_heads_q=32, num_heads_kv=8, training=False,
+                           attn_mask_type="causal_bottom_right")
+    (kept,) = user_specs([decode])
+    assert kept == decode
+    standard = [c.spec for c in plan_cases(fa4_env(), "standard", gpu=H100, backends=["fa4"])]
+    decodes = [s for s in standard if s.seqlen_q == 1]
+    assert decodes and all(not s.training for s in decodes) and any(s.gqa for s in decodes)
