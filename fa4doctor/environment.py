@@ -15,7 +15,7 @@ True
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -243,6 +243,44 @@ class LedgerEntry:
         return self.outcome != "pass"
 
 
+@dataclass(frozen=True, slots=True)
+class ShapeClass:
+    """What one speed record is evidence about: the call's `CaseClass`, its sequence lengths
+    bucketed (`fa4doctor.dispatch.speed.seqlen_bucket`: the nearest power of two) and the features
+    that change a backend's code path beyond the class (softcap, ALiBi, variable length, ...),
+    sorted. `fa4doctor.dispatch.speed.shape_class` derives it from a spec."""
+
+    case_class: CaseClass
+    seqlen_q: int
+    seqlen_kv: int
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SpeedEntry:
+    """One measured time (`fa4doctor bench`) of a backend, or of one SDPA kernel, on a node; valid
+    only while `fingerprint` (the backend's, as for `LedgerEntry`) still matches.
+
+    `kernel` names SDPA's kernel (cudnn, flash, efficient) the call was kept to, None for the
+    backend as it runs by itself (for SDPA: torch's own choice). `direction` is "fwd" or
+    "fwd_bwd" (a forward and its backward, what one training call costs). `median_ms` is the
+    median over the measured rounds of one call's time; `tflops` counts the FLOPs the mask allows
+    (causal: about half) with the backward as 2.5 forwards (docs/bench.md).
+    """
+
+    backend: BackendName
+    fingerprint: str
+    case: str  # the measured shape, e.g. "llama-3-8b s4096"
+    shape_class: ShapeClass
+    direction: str
+    median_ms: float
+    tflops: float | None = None
+    kernel: str | None = None
+    rounds: int = 0
+    gpu_uuid: str | None = None
+    recorded_at: str | None = None
+
+
 @dataclass(frozen=True)
 class Environment:
     schema_version: int = SCHEMA_VERSION
@@ -260,6 +298,22 @@ class Environment:
     cuda_visible_devices: str | None = None
     cuda_device_order: str | None = None
     knobs: tuple[Knob, ...] = ()  # FA4's environment variables that are set (snapshots before them: none)
+    speed: tuple[SpeedEntry, ...] = ()  # the ledger's speed records (`fa4doctor bench`)
+
+    def __hash__(self) -> int:
+        # Every decision cache look-up hashes the whole snapshot (dispatch.selection.decide); with a
+        # node's ledger and speed records that took ~0.1 ms (294 entries) to ~1.3 ms (plus 2,400
+        # speed records), timeit on the CPU VM. A snapshot never changes, so it keeps its hash.
+        try:
+            return self.__dict__["_hash"]
+        except KeyError:
+            value = hash(tuple(getattr(self, f.name) for f in fields(self)))
+            object.__setattr__(self, "_hash", value)
+            return value
+
+    def __getstate__(self) -> dict:
+        # str hashes differ between processes (PYTHONHASHSEED): a pickled copy hashes itself again
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
 
     def gpu(self, cuda_index: int | None = 0) -> GpuFacts | None:
         """The GPU a process sees as `cuda:<cuda_index>`, or None."""
@@ -268,12 +322,19 @@ class Environment:
     def backend(self, name: BackendName) -> BackendInstall | None:
         return next((b for b in self.backends if b.backend is name), None)
 
-    def with_ledger(self, entries: tuple[LedgerEntry, ...]) -> Environment:
-        return replace(self, ledger=tuple(entries))
+    def with_ledger(self, entries: tuple[LedgerEntry, ...],
+                    speed: tuple[SpeedEntry, ...] | None = None) -> Environment:
+        """The snapshot with another ledger: its smoke `entries`, and its `speed` records unless None."""
+        return replace(self, ledger=tuple(entries), speed=self.speed if speed is None else tuple(speed))
 
     def to_plain(self) -> dict:
-        """The snapshot as JSON-ready data, with its schema."""
-        return {"schema": SCHEMA, **to_plain(self)}
+        """The snapshot as JSON-ready data, with its schema. `speed` is left out when there are no
+        speed records: an older fa4doctor refuses fields it does not know, and a snapshot without
+        measurements stays readable to it."""
+        plain = {"schema": SCHEMA, **to_plain(self)}
+        if not self.speed:
+            del plain["speed"]
+        return plain
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_plain(), indent=indent)

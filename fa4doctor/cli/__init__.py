@@ -18,6 +18,7 @@ COMMANDS = {
     "check": ("fa4doctor.cli.check:check", "Probe this node: packages, imports, GPUs, eligibility."),
     "explain": ("fa4doctor.cli.explain:explain", "Which backend runs one attention call, and why."),
     "smoke": ("fa4doctor.cli.smoke:smoke", "Prove each backend on this node against float64."),
+    "bench": ("fa4doctor.cli.bench:bench", "Time each backend and SDPA kernel here; record the speed ledger."),
     "serve": ("fa4doctor.cli.serve:serve", "Run the node daemon that Prometheus scrapes."),
     "native": ("fa4doctor.cli.native:native", "Build or inspect the compiled hit path of attention()."),
     "cluster": ("fa4doctor.cli.cluster:cluster", "One verdict for a whole job: run on every rank under torchrun."),

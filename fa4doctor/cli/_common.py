@@ -18,7 +18,8 @@ import click
 from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS, EXIT_TOOL_FAILED, EXIT_USAGE
 
 __all__ = ["BACKENDS", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_TOOL_FAILED", "EXIT_USAGE", "SMOKE_LEVELS",
-           "handle_errors", "load_env_option", "load_ledger_option", "progress_printer", "usage_errors"]
+           "handle_errors", "load_env_option", "load_ledger_file", "load_ledger_option", "progress_printer",
+           "usage_errors"]
 
 # The levels of fa4doctor.smoke.cases.LEVELS and the values of dispatch.reasons.BackendName,
 # repeated here so `--help` loads neither (tests/cli/test_check.py and tests/smoke/test_cases.py
@@ -53,12 +54,19 @@ def load_ledger_option(path):
     """The entries of the ledger a `--ledger FILE` option names (none yet if it does not exist).
     One that exists but cannot be read as a ledger is a usage error naming it: the user asked for
     it, and deciding without it, or smoking for minutes and then not recording, would mislead."""
+    return load_ledger_file(path).entries
+
+
+def load_ledger_file(path, speed: bool = False):
+    """The `LedgerRead` of a `--ledger FILE` option (`load_ledger_option`); with `speed`, speed
+    records it cannot read are a usage error too (`bench` could not record its own beside them)."""
     from fa4doctor.probe.ledger import read_ledger
 
     read = read_ledger(path)
-    if read.problem:
-        raise click.BadParameter(read.problem, param_hint="--ledger")
-    return read.entries
+    problem = read.problem or (read.speed_problem if speed else None)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--ledger")
+    return read
 
 
 def handle_errors(function: F) -> F:

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from fa4doctor.cli._common import EXIT_OK, EXIT_PROBLEMS, handle_errors, load_env_option, load_ledger_option
+from fa4doctor.cli._common import EXIT_OK, EXIT_PROBLEMS, handle_errors, load_env_option, load_ledger_file
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType, QkvFormat, SpecError
 
 # AttentionSpec field -> the flag that sets it, so a SpecError names what the user typed.
@@ -33,7 +33,8 @@ Examples:
 Exit status: 0 the preferred backend runs every spec; 3 some spec falls back (or the forced
 backend cannot run it); 2 bad input; 1 fa4doctor failed.
 Policy variables: FA4DOCTOR_BACKEND (force one), FA4DOCTOR_DISABLE (comma-separated),
-FA4DOCTOR_STRICT=1 (no fallback).
+FA4DOCTOR_STRICT=1 (no fallback), FA4DOCTOR_POLICY=priority|fastest (fastest: the vetted
+backend `fa4doctor bench` measured fastest here; explain then shows the figures).
 """
 
 
@@ -123,7 +124,10 @@ def _environment(env_file: str | None, ledger_file: str | None):
 
         env, source = gather_environment(), "this machine"
     if ledger_file is not None:
-        env = env.with_ledger(load_ledger_option(ledger_file))
+        read = load_ledger_file(ledger_file)
+        if read.speed_problem:  # its smoke evidence still counts; FA4DOCTOR_POLICY=fastest decides without figures
+            click.echo(f"fa4doctor explain: {read.speed_problem}", err=True)
+        env = env.with_ledger(read.entries, read.speed)
     return env, source
 
 
@@ -176,7 +180,7 @@ def _explain_one(name: str, spec: AttentionSpec, env, policy, gpu: int):
 @click.option("--env", "env_file", type=click.Path(dir_okay=False),
               help="Environment snapshot (check --json output); default: probe this machine.")
 @click.option("--ledger", "ledger_file", type=click.Path(dir_okay=False),
-              help="Vetting ledger whose entries replace the environment's.")
+              help="Vetting ledger whose entries (and speed records) replace the environment's.")
 @click.option("--gpu", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA ordinal.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_context

@@ -3,9 +3,19 @@
 - `FA4DOCTOR_BACKEND=fa3` forces one backend; if it cannot run a call, that is an error.
 - `FA4DOCTOR_DISABLE=fa4,fa2` disables backends (comma-separated).
 - `FA4DOCTOR_STRICT=1` raises instead of falling back from the preferred backend.
+- `FA4DOCTOR_POLICY=priority|fastest` orders the eligible backends: `priority` (the default) takes
+  the first in FA4 > FA3 > FA2 > SDPA; `fastest` takes the one this node measured fastest among
+  those it vetted (`dispatch/speed.py`), and the fixed order where nothing was measured. Why
+  `priority` is the default: docs/dispatch.md#choosing-by-measured-speed.
 
 >>> Policy.from_env({"FA4DOCTOR_DISABLE": "FA4, fa2"}).disabled == frozenset({BackendName.FA4, BackendName.FA2})
 True
+>>> Policy.from_env({"FA4DOCTOR_POLICY": " Fastest "}).order
+'fastest'
+>>> Policy.from_env({"FA4DOCTOR_POLICY": "speed"})
+Traceback (most recent call last):
+...
+fa4doctor.names.PolicyError: FA4DOCTOR_POLICY: unknown policy 'speed' (valid: priority, fastest)
 >>> Policy.from_env({"FA4DOCTOR_BACKEND": "fa5"})
 Traceback (most recent call last):
 ...
@@ -23,6 +33,9 @@ from fa4doctor.dispatch.reasons import BackendName, PolicyError
 ENV_BACKEND = "FA4DOCTOR_BACKEND"
 ENV_DISABLE = "FA4DOCTOR_DISABLE"
 ENV_STRICT = "FA4DOCTOR_STRICT"
+ENV_POLICY = "FA4DOCTOR_POLICY"
+PRIORITY, FASTEST = "priority", "fastest"
+ORDERS = (PRIORITY, FASTEST)
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"", "0", "false", "no", "off"}
 
 
@@ -31,10 +44,13 @@ class Policy:
     force: BackendName | None = None
     disabled: frozenset[BackendName] = frozenset()
     strict: bool = False
+    order: str = PRIORITY  # FA4DOCTOR_POLICY: how eligible backends are ranked
 
     def __post_init__(self) -> None:
         if self.force is not None and self.force in self.disabled:
             raise PolicyError(f"{ENV_BACKEND}={self.force.value} is also listed in {ENV_DISABLE}")
+        if self.order not in ORDERS:
+            raise PolicyError(f"{ENV_POLICY}: unknown policy {self.order!r} (valid: {', '.join(ORDERS)})")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Policy:
@@ -50,4 +66,4 @@ class Policy:
             raise PolicyError(f"{ENV_STRICT}: expected 1 or 0, got {strict!r}")
         return cls(force=BackendName.parse(force, ENV_BACKEND) if force else None,
                    disabled=frozenset(BackendName.parse(p, ENV_DISABLE) for p in disabled),
-                   strict=strict in _TRUE)
+                   strict=strict in _TRUE, order=environ.get(ENV_POLICY, "").strip().lower() or PRIORITY)

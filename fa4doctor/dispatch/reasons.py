@@ -73,6 +73,27 @@ Reasons = tuple[Reason, ...]
 
 
 @dataclass(frozen=True, slots=True)
+class Measured:
+    """One figure behind a `fastest` decision: a backend's (or one SDPA kernel's) median time for
+    the call's shape class and direction on this node, over `records` speed records (one per GPU
+    measured; the median of their medians), and whether the backend is vetted for the call."""
+
+    backend: BackendName
+    kernel: str | None  # SDPA's kernel the call is kept to; None: the backend as it runs by itself
+    median_ms: float
+    tflops: float | None
+    vetted: bool
+    records: int = 1
+
+    @property
+    def label(self) -> str:
+        """`fa4`, `sdpa (torch's choice)` or `sdpa cudnn`."""
+        if self.kernel is not None:
+            return f"{self.backend.value} {self.kernel}"
+        return self.backend.value + (" (torch's choice)" if self.backend is BackendName.SDPA else "")
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What `select` decided: every backend's reasons in priority order, and the one chosen.
 
@@ -80,6 +101,9 @@ class Decision:
     holds non-blocking notes (an old beta, an experimental architecture) by backend.
     `sdpa_excluded` names the SDPA kernels the SDPA adapter must keep torch from using, with why
     (`backends.sdpa.excluded_kernels`: its flash kernel, where that is a refused FA4).
+    Under `FA4DOCTOR_POLICY=fastest` (`order`), `measured` holds the figures the choice was made
+    from (every eligible backend's, vetted or not) and `sdpa_kernel` the one SDPA kernel the
+    adapter keeps torch to, where that pays for itself (`dispatch/speed.py`).
     """
 
     preferred: BackendName
@@ -89,6 +113,9 @@ class Decision:
     sdpa_excluded: tuple[tuple[str, Reasons], ...] = field(default=())
     forced: BackendName | None = None  # the policy's FA4DOCTOR_BACKEND
     strict: bool = False  # the policy's FA4DOCTOR_STRICT
+    order: str = "priority"  # the policy's FA4DOCTOR_POLICY
+    measured: tuple[Measured, ...] = field(default=())
+    sdpa_kernel: str | None = None
 
     def reasons_for(self, backend: BackendName) -> Reasons:
         return dict(self.reasons).get(backend, ())
@@ -98,8 +125,16 @@ class Decision:
         return {name: found for name, found in self.reasons if found}
 
     @property
+    def outpaced(self) -> bool:
+        """The preferred backend could run the call, but `fastest` chose a vetted backend this node
+        measured faster: not a fallback (no reason refused the preferred one)."""
+        return (self.order == "fastest" and self.chosen is not None and self.chosen is not self.preferred
+                and (self.preferred, ()) in self.reasons)
+
+    @property
     def fell_back(self) -> bool:
-        return self.chosen is not self.preferred
+        """The preferred backend could not run the call (its reasons say why)."""
+        return self.chosen is not self.preferred and not self.outpaced
 
     @property
     def fallback_code(self) -> ReasonCode | None:
@@ -110,11 +145,14 @@ class Decision:
     @property
     def outcome(self) -> str:
         """The policy's verdict, one word for select, explain and check alike: `preferred`,
-        `fell_back`, or an error: `forced_not_eligible`, `no_backend`, `fallback_refused`."""
+        `outpaced` (`fastest` chose a vetted backend measured faster than the eligible preferred
+        one), `fell_back`, or an error: `forced_not_eligible`, `no_backend`, `fallback_refused`."""
         if self.forced is not None and self.chosen is not self.forced:
             return "forced_not_eligible"
         if self.chosen is None:
             return "no_backend"
+        if self.outpaced:
+            return "outpaced"
         if self.fell_back:
             return "fallback_refused" if self.strict else "fell_back"
         return "preferred"
@@ -137,7 +175,7 @@ class Decision:
             return f"FA4DOCTOR_BACKEND={self.forced.value} is forced but cannot run this call (see its reasons)"
         if kind == "no_backend":
             return "no backend the policy allows can run this call"
-        if kind == "preferred":
+        if kind in ("preferred", "outpaced"):
             return None
         code = self.fallback_code.value if self.fallback_code else "not chosen"
         strict = "; FA4DOCTOR_STRICT=1 makes this an error at run time" if self.strict else ""
@@ -189,4 +227,7 @@ def decision_to_plain(decision: Decision) -> dict:
                       "reasons": to_plain(found), "advisories": to_plain(notes.get(name, ()))}
                      for name, found in decision.reasons],
         "sdpa_excluded": [{"kernel": kernel, "reasons": to_plain(found)} for kernel, found in decision.sdpa_excluded],
+        "policy_order": decision.order,
+        "measured": to_plain(decision.measured),
+        "sdpa_kernel": decision.sdpa_kernel,
     }

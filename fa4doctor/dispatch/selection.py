@@ -1,7 +1,9 @@
 """`select`: the one decision every part of fa4doctor asks for.
 
 Pure and cached: the same spec, environment, policy and GPU always give the same `Decision`.
-Every backend is evaluated, so a decision explains itself.
+Every backend is evaluated, so a decision explains itself. Under `FA4DOCTOR_POLICY=fastest` the
+eligible backends are ranked by this node's speed records (the environment's, from the ledger:
+`dispatch/speed.py`), read here, once per plan, never timed.
 
 >>> from fa4doctor.environment import Environment
 >>> decision = select(AttentionSpec(device="cpu"), Environment())
@@ -15,7 +17,8 @@ import functools
 
 from fa4doctor.dispatch.backends import PRIORITY, Backend
 from fa4doctor.dispatch.backends.sdpa import excluded_kernels
-from fa4doctor.dispatch.policy import Policy
+from fa4doctor.dispatch.policy import FASTEST, Policy
+from fa4doctor.dispatch.speed import SpeedChoice, choose
 from fa4doctor.dispatch.reasons import BackendName, Decision, Reason, ReasonCode
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.environment import Environment
@@ -35,16 +38,28 @@ def decide(spec: AttentionSpec, env: Environment, policy: Policy = _DEFAULT_POLI
             found = [Reason(ReasonCode.DISABLED_BY_POLICY, why), *found]
         reasons.append((backend.NAME, tuple(found)))
         advisories.append((backend.NAME, tuple(backend.advisories(spec, env, gpu))))
-    chosen = next((name for name, found in reasons if not found), None)
-    return Decision(preferred=_preferred(policy, backends), chosen=chosen, reasons=tuple(reasons),
-                    advisories=tuple(a for a in advisories if a[1]),
-                    sdpa_excluded=excluded_kernels(spec, env, gpu, policy.disabled),
-                    forced=policy.force, strict=policy.strict)
+    excluded = excluded_kernels(spec, env, gpu, policy.disabled)
+    eligible = [name for name, found in reasons if not found]
+    fast = _by_speed(spec, env, policy, gpu, eligible, excluded)
+    return Decision(preferred=_preferred(policy, backends), chosen=fast.chosen or next(iter(eligible), None),
+                    reasons=tuple(reasons), advisories=tuple(a for a in advisories if a[1]),
+                    sdpa_excluded=excluded, forced=policy.force, strict=policy.strict, order=policy.order,
+                    measured=fast.measured, sdpa_kernel=fast.sdpa_kernel)
+
+
+def _by_speed(spec: AttentionSpec, env: Environment, policy: Policy, gpu: int, eligible: list[BackendName],
+              excluded: tuple) -> SpeedChoice:
+    """The `fastest` policy's pick (chosen None: the fixed order decides). A forced backend is the
+    only one allowed, so there is nothing to rank."""
+    if policy.order != FASTEST or policy.force is not None:
+        return SpeedChoice(None, None, ())
+    return choose(spec, env, gpu, eligible, tuple(kernel for kernel, _ in excluded))
 
 
 def select(spec: AttentionSpec, env: Environment, policy: Policy = _DEFAULT_POLICY, gpu: int = 0,
            backends: tuple[type[Backend], ...] = PRIORITY) -> Decision:
-    """Choose the first backend in priority order (FA4 > FA3 > FA2 > SDPA) that can run `spec`.
+    """Choose the first backend in priority order (FA4 > FA3 > FA2 > SDPA) that can run `spec`
+    (under `FA4DOCTOR_POLICY=fastest`, the vetted one this node measured fastest, if any).
 
     Raises `BackendNotEligible` when the policy forces a backend that cannot run the call,
     `FallbackRefused` in strict mode when the preferred backend cannot, and `NoBackendAvailable`

@@ -17,6 +17,7 @@ from fa4doctor.dispatch.backends.base import cc_text
 from fa4doctor.dispatch.policy import Policy
 from fa4doctor.dispatch.reasons import BackendName, Decision, Reason, decision_to_plain
 from fa4doctor.dispatch.spec import AttentionSpec
+from fa4doctor.dispatch.speed import direction, shape_class
 from fa4doctor.environment import Environment
 from fa4doctor.records import to_plain
 
@@ -46,7 +47,24 @@ def policy_text(policy: Policy) -> str:
         parts.append("FA4DOCTOR_DISABLE=" + ",".join(sorted(b.value for b in policy.disabled)))
     if policy.strict:
         parts.append("FA4DOCTOR_STRICT=1 (falling back is an error)")
+    if policy.order == "fastest":
+        parts.append("FA4DOCTOR_POLICY=fastest (the vetted backend measured fastest here; "
+                     "fa4 > fa3 > fa2 > sdpa where nothing is)")
     return "; ".join(parts) or "default: fa4 > fa3 > fa2 > sdpa, fall back when needed"
+
+
+def class_text(spec: AttentionSpec) -> str:
+    """The shape class and direction a `fastest` decision looked up (dispatch/speed.py).
+
+    >>> class_text(AttentionSpec(seqlen_q=3000, attn_mask_type="causal"))
+    'bf16 d128 causal s4096 fwd_bwd'
+    """
+    shape = shape_class(spec)
+    klass = shape.case_class
+    dims = f"d{klass.head_dim_qk}" + (f",{klass.head_dim_v}" if klass.head_dim_v != klass.head_dim_qk else "")
+    lengths = f"s{shape.seqlen_q}" + (f"/{shape.seqlen_kv}" if shape.seqlen_kv != shape.seqlen_q else "")
+    extra = [word for word, on in (("gqa", klass.gqa), ("window", klass.window)) if on] + list(shape.features)
+    return " ".join([klass.dtype, dims, klass.attn_mask_type, *extra, lengths, direction(spec)])
 
 
 def environment_text(env: Environment, gpu: int, source: str) -> str:
@@ -63,6 +81,7 @@ def environment_text(env: Environment, gpu: int, source: str) -> str:
 def explanation_to_plain(item: Explanation) -> dict[str, Any]:
     """One explanation as JSON: `decision_to_plain` plus the spec, SDPA's kernels and the exit code."""
     return {"name": item.name, "spec": item.spec.to_dict(), **decision_to_plain(item.decision),
+            "speed_class": class_text(item.spec) if item.decision.order == "fastest" else None,
             "sdpa_kernels": [{"kernel": name, "usable": not found, "reasons": to_plain(found)}
                              for name, found in item.sdpa_kernels],
             "exit_code": item.exit_code, "message": item.message}
@@ -75,7 +94,7 @@ def report_to_plain(items: list[Explanation], policy: Policy, env_text: str, exi
     top.update({"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "exit_code": exit_code,
                 "policy": {"force": policy.force.value if policy.force else None,
                            "disabled": sorted(b.value for b in policy.disabled), "strict": policy.strict,
-                           "text": policy_text(policy)},
+                           "order": policy.order, "text": policy_text(policy)},
                 "environment": env_text, "explanations": explanations})
     return top
 
@@ -128,13 +147,48 @@ def render_explanation(item: Explanation, console: Any) -> None:
     kernels = ", ".join(f"{name} ({'usable' if not found else found[0].code.value})"
                         for name, found in item.sdpa_kernels)
     console.print(f"sdpa kernels, in torch's order: {escape(kernels)}", highlight=False)
+    if item.decision.order == "fastest":
+        render_measured(item, console)
     chosen = item.decision.chosen.value if item.decision.chosen else "none"
-    if item.decision.chosen is BackendName.SDPA and excluded:  # the detail is in the table above
+    if item.decision.chosen is BackendName.SDPA and item.decision.sdpa_kernel:
+        chosen += f" (kept to its {item.decision.sdpa_kernel} kernel, measured fastest)"
+    elif item.decision.chosen is BackendName.SDPA and excluded:  # the detail is in the table above
         chosen += f" ({escape(excluded_text(item.decision, brief=True))})"
     verdict = f"chosen: [bold]{chosen}[/] (preferred: {item.decision.preferred.value})"
     if item.message:
         verdict += f" - {escape(item.message)}"
+    elif item.decision.outpaced:
+        verdict += (f" - {item.decision.preferred.value} could run it; {item.decision.chosen.value} was measured "
+                    "faster here (FA4DOCTOR_POLICY=fastest)")
     console.print(verdict, highlight=False)
+
+
+def render_measured(item: Explanation, console: Any) -> None:
+    """The figures a `fastest` decision was made from: one row per backend (and SDPA kernel)."""
+    from rich.table import Table
+
+    figures = item.decision.measured
+    if not figures:
+        console.print(f"measured here: nothing for {class_text(item.spec)}; the fixed order decides "
+                      "(fa4doctor bench records it)", highlight=False)
+        return
+    table = Table(title=f"measured here: {class_text(item.spec)}", title_justify="left", expand=False)
+    for column, justify in (("backend", "left"), ("median ms", "right"), ("TFLOP/s", "right"),
+                            ("GPUs", "right"), ("vetted", "left")):
+        table.add_column(column, justify=justify)
+    for f in figures:
+        mark = "[bold green]" if f.backend is item.decision.chosen and f.kernel == _kernel_run(item) else ""
+        rate = "-" if f.tflops is None else (f"{f.tflops:.0f}" if f.tflops >= 10 else f"{f.tflops:.3g}")
+        table.add_row(f"{mark}{f.label}{'[/]' if mark else ''}", f"{f.median_ms:.3f}", rate, str(f.records),
+                      "yes" if f.vetted else "[red]no: not chosen[/]")
+    console.print(table)
+    if not any(f.vetted for f in figures):
+        console.print("no measured backend is vetted for this class; the fixed order decides", highlight=False)
+
+
+def _kernel_run(item: Explanation) -> str | None:
+    """Which SDPA figure the chosen SDPA runs as: its kept kernel, else torch's own choice."""
+    return item.decision.sdpa_kernel if item.decision.chosen is BackendName.SDPA else None
 
 
 def render_report(items: list[Explanation], policy: Policy, env_text: str, file: IO[str]) -> None:

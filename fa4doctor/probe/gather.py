@@ -102,7 +102,7 @@ def gather(*, nvml: NvmlSource | None = None, check_imports: bool = True, ledger
     env = Environment(created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                       hostname=os.uname().nodename, python=sys.version.split()[0], torch=torch,
                       driver=driver, gpus=gpus, backends=backends, packages=facts.packages,
-                      findings=tuple(findings), ledger=ledger.entries, jit_cache=jit,
+                      findings=tuple(findings), ledger=ledger.entries, speed=ledger.speed, jit_cache=jit,
                       cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
                       cuda_device_order=environ.get("CUDA_DEVICE_ORDER"), knobs=knobs)
     lap("rest")

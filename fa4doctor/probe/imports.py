@@ -1,7 +1,12 @@
-"""Import each installed backend in its own child process, in parallel, with a timeout.
+"""Import the installed backends in one child process, with a timeout.
 
 Never in the parent: an undefined symbol, a CUDA initialisation or a segfault must not take down
-the caller (docs/check.md). Failures are classified (docs/sources.md: #fa2-built-for-another-torch,
+the caller (docs/check.md). One child imports torch (SDPA) first and then each other backend,
+reporting each as it finishes: every backend's import starts with torch's, so one child for all
+imports torch once instead of once per backend (issue 14: the cold `check`). A child that crashes
+or hangs costs only the import it was in: the backends it had not reached are imported again one
+child each, in parallel (the old way), so a segfault or a hang never hides another backend's result;
+only then can `check` take up to twice `timeout`. Failures are classified (docs/sources.md: #fa2-built-for-another-torch,
 #minimum-driver-for-a-cuda-version, #fa2-breaks-the-fa4-import, #fa4-dependencies), and results are cached by a fingerprint of the installed software, so a
 repeated `check` imports nothing until something changed.
 
@@ -37,32 +42,41 @@ MODULES: dict[BackendName, tuple[str, ...]] = {
 CACHE_FORMAT = 3  # 2: ImportResult lost its unused `seconds`; 3: it reports torch's flash registry
 DEFAULT_TIMEOUT = 60.0
 
-# Runs in the child: import the modules named on the command line, print one JSON line.
+# Runs in the child: for each [backend, [modules]] of the JSON plan in argv[1], a line saying it
+# begins, the imports, then a line with its result (torch's facts as the process has them then:
+# SDPA goes first, so its are a fresh process's). Lines start with MARK, after a newline, so
+# whatever an imported module prints never joins them.
+MARK = "@fa4doctor-import "
 _CHILD = r"""
 import importlib, json, sys, traceback
-out = {"ok": True}
-try:
-    for name in sys.argv[1:]:
-        importlib.import_module(name)
-except BaseException as exc:
-    out = {"ok": False, "type": type(exc).__name__, "message": str(exc),
-           "missing": getattr(exc, "name", None), "traceback": traceback.format_exc()[-6000:]}
-torch = sys.modules.get("torch")
-if torch is not None:
+def say(*fields):
+    sys.stdout.write("\n@fa4doctor-import " + json.dumps(fields) + "\n")
+    sys.stdout.flush()
+for backend, modules in json.loads(sys.argv[1]):
+    say(backend)
+    out = {"ok": True}
     try:
-        out["torch_cxx11_abi"] = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
-    except Exception:
-        pass
-    try:  # torch >= 2.12's flash registry, as a fresh process has it (torch/nn/attention/_registry.py)
-        import torch.nn.attention as attention
-        current = getattr(attention, "current_flash_attention_impl", None)
-        out["torch_flash_registry"] = current is not None
-        if current is not None:
-            out["torch_flash_impls"] = list(attention.list_flash_attention_impls())
-            out["torch_flash_impl"] = current()
-    except Exception:
-        pass
-sys.stdout.write("\n" + json.dumps(out) + "\n")
+        for name in modules:
+            importlib.import_module(name)
+    except BaseException as exc:
+        out = {"ok": False, "type": type(exc).__name__, "message": str(exc),
+               "missing": getattr(exc, "name", None), "traceback": traceback.format_exc()[-6000:]}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            out["torch_cxx11_abi"] = bool(torch._C._GLIBCXX_USE_CXX11_ABI)
+        except Exception:
+            pass
+        try:  # torch >= 2.12's flash registry (torch/nn/attention/_registry.py)
+            import torch.nn.attention as attention
+            current = getattr(attention, "current_flash_attention_impl", None)
+            out["torch_flash_registry"] = current is not None
+            if current is not None:
+                out["torch_flash_impls"] = list(attention.list_flash_attention_impls())
+                out["torch_flash_impl"] = current()
+        except Exception:
+            pass
+    say(backend, out)
 """
 
 # How an import says the driver is older than the CUDA it was built for (sglang#11395;
@@ -115,43 +129,81 @@ def classify(result: dict | None, returncode: int, timed_out: bool, stderr: str 
     return ImportStatus.ERROR, text
 
 
-def _last_json(stdout: str) -> dict | None:
-    for line in reversed(stdout.strip().splitlines()):
+def _reports(stdout: str) -> tuple[dict[str, dict], str | None]:
+    """The child's results by backend, and the backend it had begun and not finished, if any."""
+    results, begun = {}, None
+    for line in stdout.splitlines():
+        if not line.startswith(MARK):
+            continue
         try:
-            value = json.loads(line)
+            fields = json.loads(line[len(MARK):])
         except ValueError:
             continue
-        if isinstance(value, dict) and "ok" in value:
-            return value
-    return None
+        if isinstance(fields, list) and len(fields) == 1:
+            begun = fields[0]
+        elif isinstance(fields, list) and len(fields) == 2 and isinstance(fields[1], dict) and "ok" in fields[1]:
+            results[fields[0]] = fields[1]
+            begun = None
+    return results, begun
+
+
+def _result(found: dict | None, returncode: int, timed_out: bool, stderr: str, timeout: float,
+            modules: tuple[str, ...]) -> ImportResult:
+    status, error = classify(found, returncode, timed_out, stderr, timeout, modules)
+    found = found or {}
+    return ImportResult(status, error, found.get("torch_cxx11_abi"), found.get("torch_flash_registry"),
+                        tuple(found.get("torch_flash_impls", ())), found.get("torch_flash_impl"))
+
+
+def _start(plan: list[BackendName], modules: Mapping[BackendName, tuple[str, ...]], python: str,
+           env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([python, "-c", _CHILD, json.dumps([[b.value, list(modules[b])] for b in plan])],
+                            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def _finish(child: subprocess.Popen, timeout: float) -> tuple[str, str, bool]:
+    """stdout, stderr and whether it was killed at `timeout` (with its whole session)."""
+    try:
+        stdout, stderr = child.communicate(timeout=max(0.0, timeout))
+        return stdout or "", stderr or "", False
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)  # the child's own session: nothing of ours
+        stdout, stderr = child.communicate()
+        return stdout or "", stderr or "", True
 
 
 def run_imports(backends: tuple[BackendName, ...], *, modules: Mapping[BackendName, tuple[str, ...]] = MODULES,
                 timeout: float = DEFAULT_TIMEOUT, python: str = sys.executable,
                 environ: Mapping[str, str] | None = None) -> dict[BackendName, ImportResult]:
-    """Import each backend's modules in a fresh interpreter, all at once; never raises for a failure."""
+    """Import every backend's modules in one fresh interpreter, SDPA (torch) first; the backends a
+    crash or a hang kept it from reaching, one child each. Never raises for a failure."""
     env = dict(os.environ if environ is None else environ)
-    started, children = time.monotonic(), {}
-    for backend in backends:
-        children[backend] = subprocess.Popen([python, "-c", _CHILD, *modules[backend]], env=env,
-                                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    plan = sorted(backends, key=lambda b: b is not BackendName.SDPA)
+    results: dict[BackendName, ImportResult] = {}
+    if len(plan) > 1:
+        child = _start(plan, modules, python, env)
+        stdout, stderr, timed_out = _finish(child, timeout)
+        reports, begun = _reports(stdout)
+        for backend in plan:
+            if backend.value in reports:
+                results[backend] = _result(reports[backend.value], 0, False, "", timeout, modules[backend])
+            elif backend.value == begun:  # the import it died or hung in: what its own child would say
+                results[backend] = _result(None, child.returncode, timed_out, stderr, timeout, modules[backend])
+        plan = [b for b in plan if b not in results]
+    return results | _each(plan, modules, timeout, python, env)
+
+
+def _each(backends: list[BackendName], modules: Mapping[BackendName, tuple[str, ...]], timeout: float,
+          python: str, env: dict[str, str]) -> dict[BackendName, ImportResult]:
+    """One child per backend, all at once, under one deadline."""
+    started = time.monotonic()
+    children = {backend: _start([backend], modules, python, env) for backend in backends}
     results = {}
     for backend, child in children.items():
-        left = max(0.0, timeout - (time.monotonic() - started))
-        try:
-            stdout, stderr = child.communicate(timeout=left)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)  # the child's own session: nothing of ours
-            stdout, stderr = child.communicate()
-            timed_out = True
-        result = _last_json(stdout or "")
-        status, error = classify(result, child.returncode, timed_out, stderr or "", timeout, modules[backend])
-        found = result or {}
-        results[backend] = ImportResult(status, error, found.get("torch_cxx11_abi"),
-                                        found.get("torch_flash_registry"), tuple(found.get("torch_flash_impls", ())),
-                                        found.get("torch_flash_impl"))
+        stdout, stderr, timed_out = _finish(child, timeout - (time.monotonic() - started))
+        found = _reports(stdout)[0].get(backend.value)
+        results[backend] = _result(found, child.returncode, timed_out, stderr, timeout, modules[backend])
     return results
 
 

@@ -6,8 +6,9 @@ evidence for their class under the current fingerprint; decided once per plan).
 The hot path only adds 1 to a plain integer on a `Tally` (one per label set); the sums reach
 prometheus-client when anything collects the registry (the counters flush themselves first) and,
 when `FA4DOCTOR_METRICS_DIR` (else `PROMETHEUS_MULTIPROC_DIR`) is set, reach this process's own
-`counter_<pid>-<hex>.db` file at most once a second and at exit. The file is written with
-prometheus-client's `MmapedDict`, never through its global multiprocess mode, so the user's own
+`counter_<pid>-<hex>.db` file at most once a second and at exit. The file is written in
+prometheus-client's multiprocess format by `counter_file.CounterFile` (the format is owned there,
+not taken from the library's private `mmap_dict`), never through its global multiprocess mode, so the user's own
 metrics keep whatever mode they had; the process holds a shared `flock` on its file for its
 lifetime, so the node daemon can tell a dead writer's file (an exclusive lock succeeds).
 Nothing here runs at import: no metric, no file, no thread.
@@ -25,7 +26,8 @@ import time
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, values
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+from fa4doctor.runtime.counter_file import CounterFile, counter_key
 
 ENV_METRICS_DIR = "FA4DOCTOR_METRICS_DIR"
 ENV_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -84,7 +86,7 @@ class _FileSink:
         directory.mkdir(parents=True, exist_ok=True)
         self.pid = os.getpid()
         self.path = directory / f"counter_{self.pid}-{secrets.token_hex(4)}.db"
-        self.dict = MmapedDict(str(self.path))
+        self.dict = CounterFile(self.path)
         self.lock_fd = os.open(self.path, os.O_RDONLY)
         fcntl.flock(self.lock_fd, fcntl.LOCK_SH)  # released by the kernel when the process dies
         self.totals: dict[str, float] = {}
@@ -100,15 +102,15 @@ class _FileSink:
 
 
 def calls_key(backend: str) -> str:
-    return mmap_key(CALLS, CALLS + "_total", ["backend"], [backend], CALLS_HELP)
+    return counter_key(CALLS, CALLS + "_total", ["backend"], [backend], CALLS_HELP)
 
 
 def fallbacks_key(labels: tuple[str, str, str]) -> str:
-    return mmap_key(FALLBACKS, FALLBACKS + "_total", list(FALLBACK_LABELS), list(labels), FALLBACKS_HELP)
+    return counter_key(FALLBACKS, FALLBACKS + "_total", list(FALLBACK_LABELS), list(labels), FALLBACKS_HELP)
 
 
 def unvetted_key(backend: str) -> str:
-    return mmap_key(UNVETTED, UNVETTED + "_total", ["backend"], [backend], UNVETTED_HELP)
+    return counter_key(UNVETTED, UNVETTED + "_total", ["backend"], [backend], UNVETTED_HELP)
 
 
 def metrics_dir() -> Path | None:

@@ -1,10 +1,13 @@
 """`attention()`: the call training and inference code makes instead of calling a backend.
 
-The first call of each distinct shape validates the inputs, builds the `AttentionSpec`, asks
-`select()` (the same rules `fa4doctor check` and `explain` use), binds the chosen backend's adapter
-and logs the decision once; later calls with the same key only count and run. The key holds
-everything validated (shapes, dtypes, devices, whether autograd records the call, every keyword,
-the policy variables), so a call that differs in anything is validated again.
+The first call of each distinct shape validates the inputs and builds the `AttentionSpec`; the
+first call of each plan class (runtime/plan_class.py: the spec with its sequence lengths reduced to
+what the rules and adapters read of them) also asks `select()` (the same rules `fa4doctor check` and
+`explain` use), binds the chosen backend's adapter and logs the decision once. Later calls with the
+same key only count and run. The key holds everything validated (shapes, dtypes, devices, whether
+autograd records the call, every keyword, the policy variables), so a call that differs in anything
+is validated again, and finds its class's plan in one dict look-up. Keys and classes are kept in
+bounded LRU tables that drop one least recently used entry at a time, never all at once.
 
 `attention` is the Python function below (also `python_attention`), or, where `fa4doctor native
 build` has compiled it for this torch, the same call with its hit path in C++
@@ -16,22 +19,35 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from fa4doctor.runtime import counters, inputs, local_env, native, uniform
+from fa4doctor.runtime.plan_class import plan_class
 from fa4doctor.runtime.adapters import AdapterImportError, Direct, adapter, direct
 from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_STRICT, Policy
 from fa4doctor.dispatch.reasons import BackendName, Decision
 from fa4doctor.dispatch.selection import select
 from fa4doctor.dispatch.spec import AttentionSpec
+from fa4doctor.dispatch.speed import kept_out
 from fa4doctor.dispatch.vetting import evidence
 from fa4doctor.environment import Environment
 
 log = logging.getLogger("fa4doctor.dispatch")
-_MAX_PLANS = 4096
+# Issue 14: clearing the whole table when full planned every shape again (~190 us each) once a job
+# cycled through more lengths than it held. An exact key costs ~0.7 KB (its tuple and what the table
+# keeps of it: tracemalloc, 10,000 lengths), so 16,384 of them (~12 MB) hold the issue's 10,000
+# distinct shapes with room; a class holds a bound plan.
+_MAX_PLANS = 16384
+_MAX_CLASSES = 4096
+# A hit records its recency only once the keys fill three quarters of the table, from which point a
+# key left unused is evicted after 4,096 new ones at the earliest: moving a key to the end costs a hit
+# ~0.4 us at 10,000 keys (OrderedDict hashes the stored key again and relinks nodes far apart in
+# memory; 0.03 us with one key: timeit on the 2-core EPYC VM), the most of any step at that size.
+_RECENT_FROM = _MAX_PLANS * 3 // 4
 _POLICY_VARS = (ENV_BACKEND, ENV_DISABLE, ENV_STRICT)
 # os.environ.get costs ~0.7 us (it encodes the key); CPython keeps the encoded mapping in
 # `os.environ._data` (Lib/os.py `_Environ`), which stays in step with os.environ writes.
@@ -47,9 +63,9 @@ _grad_enabled = torch.is_grad_enabled
 
 @dataclass(slots=True)
 class Plan:
-    """What the first call of a key decided: later calls with that key only count and run."""
+    """What the first call of a plan class decided: later calls of the class only count and run."""
 
-    spec: AttentionSpec
+    spec: AttentionSpec  # the class's first call; the others differ only where plan_class looks away
     scale: float
     decision: Decision
     run: Callable[..., torch.Tensor]
@@ -58,7 +74,9 @@ class Plan:
     direct: Direct | None = None  # run's dense call without its frame, for the compiled hit path
 
 
-_plans: dict[Any, Plan] = {}
+_plans: OrderedDict[Any, Plan] = OrderedDict()  # exact key -> its class's plan, least recently used first
+_classes: OrderedDict[tuple, Plan] = OrderedDict()  # plan_class -> plan, the same order
+_touch = _plans.move_to_end  # bound once: the hit path pays no attribute look-up (_RECENT_FROM says when)
 _logged: set[Decision] = set()
 _native = None  # the compiled hit path's module, once `use_native` has it
 _remember: Callable[..., bool] | None = None  # its `remember`, bound once for the Python hit path
@@ -95,20 +113,48 @@ def _log_once(decision: Decision, spec: AttentionSpec) -> None:
         why = "; ".join(str(r) for r in decision.reasons_for(decision.preferred))
         log.info("fa4doctor: %s runs on %s; %s not used: %s", spec.short(), decision.chosen.value,
                  decision.preferred.value, why)
+    elif decision.outpaced:
+        log.info("fa4doctor: %s runs on %s%s, measured faster here than %s (FA4DOCTOR_POLICY=fastest)", spec.short(),
+                 decision.chosen.value, f" ({decision.sdpa_kernel})" if decision.sdpa_kernel else "",
+                 decision.preferred.value)
     else:
         log.info("fa4doctor: %s runs on %s", spec.short(), decision.chosen.value)
 
 
 def _bind(decision: Decision, spec: AttentionSpec, scale: float) -> Callable[..., torch.Tensor]:
     """The chosen adapter's `run`; SDPA's kept off the kernels the decision excluded (its flash
-    kernel where that is a refused FA4: dispatch/backends/sdpa.py `excluded_kernels`)."""
-    if decision.chosen is BackendName.SDPA and decision.sdpa_excluded:
-        return adapter(decision.chosen).bind(spec, scale, tuple(k for k, _ in decision.sdpa_excluded))
+    kernel where that is a refused FA4: dispatch/backends/sdpa.py `excluded_kernels`), and kept to
+    the one kernel `FA4DOCTOR_POLICY=fastest` measured fastest where that pays for its `sdpa_kernel`
+    context (`Decision.sdpa_kernel`, dispatch/speed.py `sdpa_plan`): fixed here, once per plan."""
+    if decision.chosen is BackendName.SDPA and (decision.sdpa_excluded or decision.sdpa_kernel):
+        return adapter(decision.chosen).bind(spec, scale, kept_out(decision.sdpa_excluded, decision.sdpa_kernel))
     return adapter(decision.chosen).bind(spec, scale)
 
 
-def _new_plan(prepared: inputs.Prepared) -> Plan:
-    spec, policy = prepared.spec, Policy.from_env()  # the same variables the plan's key holds
+def _keep(table: OrderedDict, key: Any, plan: Plan, limit: int) -> None:
+    """Keep `plan` under `key` as the most recently used, dropping the least recently used entry
+    once `table` holds more than `limit`: one at a time, never all (issue 14)."""
+    table[key] = plan
+    table.move_to_end(key)
+    if len(table) > limit:
+        table.popitem(last=False)
+
+
+def _class_plan(prepared: inputs.Prepared) -> Plan:
+    """The plan of the call's class, decided and bound by its first call (runtime/plan_class.py)."""
+    policy = Policy.from_env()  # the same variables the key holds
+    key = plan_class(prepared.spec, prepared.scale, prepared.gpu, policy)
+    plan = _classes.get(key)
+    if plan is None:
+        plan = _new_plan(prepared, policy)
+        _keep(_classes, key, plan, _MAX_CLASSES)
+    else:
+        _classes.move_to_end(key)
+    return plan
+
+
+def _new_plan(prepared: inputs.Prepared, policy: Policy | None = None) -> Plan:
+    spec, policy = prepared.spec, policy or Policy.from_env()  # the same variables the plan's key holds
     env = local_env.environment(need_gpus=spec.on_cuda)
     # FA4DOCTOR_UNIFORM=1 under torch.distributed: the backend every rank can run, agreed here, at
     # plan time only (runtime/uniform.py); the hit path never exchanges.
@@ -180,6 +226,8 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
         key = None
     try:
         plan = _plans[key]  # None is never a key
+        if len(_plans) > _RECENT_FROM:  # now the most recently used: the first a full table drops is not
+            _touch(key)
     except (KeyError, TypeError) as miss:  # TypeError: an unhashable argument (say, a list window)
         key = key if isinstance(miss, KeyError) else None
         plan, varlen = _first_call(key, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p,
@@ -204,11 +252,9 @@ def _first_call(key, q, k, v, *keywords) -> tuple[Plan, inputs.Varlen | None]:
     """Validate, decide and bind; keep the plan under `key` (None: the arguments cannot be a key).
     `keywords` are attention()'s, in its order (`inputs.KEYWORDS`, the one spelling of it)."""
     prepared = inputs.prepare(q, k, v, **dict(zip(inputs.KEYWORDS, keywords, strict=True)))
-    plan = _new_plan(prepared)
+    plan = _class_plan(prepared)
     if key is not None:
-        if len(_plans) >= _MAX_PLANS:
-            _plans.clear()
-        _plans[key] = plan
+        _keep(_plans, key, plan, _MAX_PLANS)
     return plan, prepared.varlen
 
 
@@ -235,6 +281,7 @@ def _forget_native() -> None:
 
 def _forget_plans() -> None:
     _plans.clear()
+    _classes.clear()
     _forget_native()
 
 

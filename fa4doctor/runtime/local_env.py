@@ -58,8 +58,8 @@ def cuda_gpus() -> tuple[GpuFacts, ...]:
 
 
 def _ledger():
-    """The ledger's entries; a bad file reads as no entries (never raises), and is logged once:
-    without its evidence, recorded failures stop refusing anything (issue 13)."""
+    """The ledger as read (its entries and speed records); a bad file reads as no entries (never
+    raises), and is logged once: without its evidence, recorded failures stop refusing anything (issue 13)."""
     global _ledger_warned
     from fa4doctor.probe.ledger import read_ledger
 
@@ -68,7 +68,7 @@ def _ledger():
         _ledger_warned = True
         log.warning("fa4doctor: %s; this process decides without smoke evidence (fix the file, see "
                     "`fa4doctor check`)", read.problem)
-    return read.entries
+    return read
 
 
 def _fresh() -> Environment:
@@ -76,8 +76,9 @@ def _fresh() -> Environment:
     from fa4doctor.probe.knobs import read_knobs
     from fa4doctor.probe.system import read_torch_info
 
+    ledger = _ledger()
     return Environment(torch=read_flash_registry(read_torch_info()), backends=backend_installs(),
-                       ledger=_ledger(), knobs=read_knobs(os.environ))
+                       ledger=ledger.entries, speed=ledger.speed, knobs=read_knobs(os.environ))
 
 
 def live_flash_impl() -> str | None:

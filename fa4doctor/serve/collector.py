@@ -40,7 +40,7 @@ MAX_MEDIA_TYPES = 8
 
 
 class Collector:
-    """`collect()` renders `state()`; `metrics_dir` (optional) is summed on every scrape;
+    """`collect()` renders `state()`; `metrics_dir` (optional, or `reader` over it) is summed on every scrape;
     `exposition()` is what `/metrics` serves (the same bytes, most of them cached per state).
 
     Seams: `renderers` maps a state attribute to a function `dict -> list[Metric]`
@@ -49,9 +49,11 @@ class Collector:
 
     def __init__(self, state: Callable[[], DaemonState], *, metrics_dir: str | None = None,
                  metrics_lock: threading.Lock | None = None,
-                 renderers: dict[str, Callable[[dict], list[Metric]]] | None = None):
+                 renderers: dict[str, Callable[[dict], list[Metric]]] | None = None,
+                 reader: multiproc.CounterReader | None = None):
         self._state = state
-        self._reader = multiproc.CounterReader(metrics_dir) if metrics_dir else None
+        # `reader`: the daemon's (`Daemon.reader`), whose files its maintenance thread settles
+        self._reader = reader or (multiproc.CounterReader(metrics_dir) if metrics_dir else None)
         self._metrics_lock = metrics_lock
         self._renderers = RENDERERS if renderers is None else renderers
         self._cache: dict[str, tuple[dict, list[Metric], bool]] = {}

@@ -62,6 +62,9 @@ class ServeConfig:
     ledger: str | None = None
     compact_interval: float = 60.0
     compact_grace: float = multiproc.DEFAULT_GRACE_SECONDS
+    # How often the scrape reader looks for files whose writer has gone (a stat and a lock test
+    # each), so scrapes stop reading them (multiproc.CounterReader.settle).
+    settle_interval: float = 10.0
     probe_command: tuple[str, ...] = (sys.executable, "-m", "fa4doctor", "check", "--json")
     smoke_command: tuple[str, ...] = (sys.executable, "-m", "fa4doctor", "smoke", "--json")
     revet_level: str = "standard"  # "off": never re-vet (smoke_level "off" runs no kernel at all)
@@ -72,7 +75,7 @@ class ServeConfig:
         for name in ("smoke_level", "revet_level"):
             if getattr(self, name) not in SMOKE_LEVELS:
                 raise ValueError(f"{name}: {getattr(self, name)!r} (valid: {', '.join(SMOKE_LEVELS)})")
-        for name in ("interval", "smoke_interval", "probe_timeout", "smoke_timeout", "revet_poll"):
+        for name in ("interval", "smoke_interval", "probe_timeout", "smoke_timeout", "revet_poll", "settle_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
@@ -206,7 +209,9 @@ class Daemon:
                  environ: dict[str, str] | None = None, clock: Callable[[], float] = time.time):
         self.config = config
         self.state = DaemonState(started=clock())
-        self.metrics_lock = threading.Lock()  # compaction vs. scrapes of the metrics directory
+        self.metrics_lock = threading.Lock()  # held by scrapes, and by compaction only to swap the archive
+        # The scrape reader (the collector's, `cli/serve.py`): the maintenance thread settles its files.
+        self.reader = multiproc.CounterReader(config.metrics_dir) if config.metrics_dir else None
         self._nvml_factory = nvml_factory
         self._nvml: Any = None
         self._environ = dict(os.environ if environ is None else environ)
@@ -387,22 +392,56 @@ class Daemon:
             print(f"fa4doctor serve: re-vetting {outcome}: {detail}", file=sys.stderr, flush=True)
 
     def compact_once(self) -> None:
+        """Dead writers' files into the archive; scrapes wait only while the archive is swapped."""
         if not self.config.metrics_dir:
             return
         try:
-            with self.metrics_lock:
-                done = compaction.compact(self.config.metrics_dir, grace_seconds=self.config.compact_grace)
+            done = compaction.compact(self.config.metrics_dir, grace_seconds=self.config.compact_grace,
+                                      lock=self.metrics_lock)
         except Exception as exc:  # noqa: BLE001  a directory we cannot tidy must not stop the daemon
             done = compaction.Compaction(error=f"{type(exc).__name__}: {exc}")
         s = self.state
         self._update(compacted_files=s.compacted_files + done.absorbed,
                      compaction_failures=s.compaction_failures + (done.error is not None))
 
+    def settle_once(self) -> None:
+        """Let the scrape reader stop reading files whose writer is gone (never raises)."""
+        if self.reader is None:
+            return
+        try:
+            self.reader.settle(grace_seconds=self.config.compact_grace)
+        except Exception:  # noqa: BLE001  unsettled files are only read again, at the scrape's cost
+            pass
+
+    def _maintain(self) -> None:
+        """Compaction and settling on their own thread, so a probe or smoke child (up to
+        `smoke_timeout`) never delays them: compact every `compact_interval`, settle every
+        `settle_interval`, both from the start."""
+        due = {"compact": 0.0, "settle": 0.0}
+        while not self._stop.is_set():
+            if time.monotonic() >= due["compact"]:
+                self.compact_once()
+                due["compact"] = time.monotonic() + self.config.compact_interval
+            if time.monotonic() >= due["settle"]:
+                self.settle_once()
+                due["settle"] = time.monotonic() + self.config.settle_interval
+            self._stop.wait(max(0.0, min(due.values()) - time.monotonic()))
+
     def run(self) -> None:
         """Loop until `stop()`: probe every `interval`, smoke every `smoke_interval` after the
-        first probe, compact the metrics directory every `compact_interval`; a pending re-vet goes
-        before the smoke cycle, looking for an idle GPU every `revet_poll` seconds."""
-        due = {"probe": 0.0, "smoke": None, "compact": 0.0}
+        first probe; a pending re-vet goes before the smoke cycle, looking for an idle GPU every
+        `revet_poll` seconds. The metrics directory is maintained on a thread of its own (`_maintain`)."""
+        maintenance = threading.Thread(target=self._maintain, name="fa4doctor-maintenance", daemon=True)
+        maintenance.start()
+        try:
+            self._loop()
+        finally:
+            self._stop.set()
+            maintenance.join(timeout=30)
+        self._shutdown_nvml()
+
+    def _loop(self) -> None:
+        due = {"probe": 0.0, "smoke": None}
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= due["probe"]:
@@ -418,14 +457,10 @@ class Daemon:
             if not self._stop.is_set() and due["smoke"] is not None and time.monotonic() >= due["smoke"]:
                 self.smoke_once()
                 due["smoke"] = time.monotonic() + self.config.smoke_interval
-            if time.monotonic() >= due["compact"]:
-                self.compact_once()
-                due["compact"] = time.monotonic() + self.config.compact_interval
             wake = min(v for v in due.values() if v is not None)
             if self.state.revet_pending:
                 wake = min(wake, max(self._revet_not_before, time.monotonic() + self.config.revet_poll))
             self._stop.wait(max(0.0, wake - time.monotonic()))
-        self._shutdown_nvml()
 
     def _revet_covers_smoke(self) -> bool:
         """A re-vet that ran every spec of the smoke level stands in for the smoke cycle."""

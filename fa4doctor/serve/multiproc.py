@@ -13,6 +13,14 @@ opened, never through a symlink and never blocking (a FIFO or `-> /dev/urandom` 
 issue 13); anything else is counted as `not_regular`. A file that read well and then turns
 corrupt keeps counting at its last good values, so node totals never go down because of it.
 
+A scrape's cost does not grow with dead writers' files (issue 14): a file whose writer is gone can
+never change, so once a background step (`CounterReader.settle`) has proven it (the writer's lock
+is gone) the scrape after reads it one last time and from then on counts it from memory, as one
+running sum; directories are listed again only when they change. Live writers' files are read
+on every scrape: a writer updates its mmap in place, which changes neither size nor used length,
+and the kernel updates mtime only on the first write after writeback (measured: a second write
+0.05 s or 1.1 s later left st_mtime_ns unchanged on ext4 and tmpfs), so no stat can tell.
+
 >>> import tempfile
 >>> read_dispatch_counters(tempfile.mkdtemp()).files["writer"]
 0
@@ -29,14 +37,15 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections import Counter as Tally
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
-from prometheus_client.mmap_dict import MmapedDict  # noqa: F401  the format's writer, for callers and tests
 
+from fa4doctor.runtime.counter_file import CounterFile as MmapedDict  # noqa: F401  the format's writer, for callers and tests
 from fa4doctor.runtime.counters import CALLS, FALLBACK_LABELS, FALLBACKS, UNVETTED
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
 
@@ -135,6 +144,15 @@ def _regular(entry: os.DirEntry) -> bool:
         return False
 
 
+def _signature(path: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of a regular file, without following a symlink; None otherwise."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
 def counter_files(root: str | os.PathLike) -> dict[str, Path]:
     """Regular `*.db` files in the root and its immediate subdirectories (one per container), by
     their path relative to the root."""
@@ -203,7 +221,7 @@ _DOUBLE = struct.Struct("d")
 
 def _positions(data: bytes) -> list[tuple[int, int, int]]:
     """(key offset, key length, value offset) of each entry in prometheus-client's mmap format
-    (documented on its `MmapedDict`: a 4-byte used length, 4 bytes padding, then entries of a
+    (fa4doctor/runtime/counter_file.py: a 4-byte used length, 4 bytes padding, then entries of a
     4-byte key length, the UTF-8 key padded to 8-byte alignment, a double value and a double
     timestamp); raises on a used length or an entry that runs past the data."""
     used = _INT.unpack_from(data, 0)[0]
@@ -269,10 +287,23 @@ class CounterReader:
     turns corrupt counts at them (`held`), and when a held file is removed its values stay in the
     totals (`_retired`) for the daemon's lifetime. A writer only ever adds to its file, so a
     value below the last good one can only be damage.
+
+    Settled files (issue 14): `settle()`, run off the scrape path, marks the files whose writer is
+    gone (no lock, older than the grace period, as compaction decides); the next `read()` reads
+    each one last time and, if it read well with integer values, moves it into `_settled_sums`
+    (exact: sums of integers below 2**53), closes it and drops its layout. Later scrapes skip it
+    until it leaves the directory, is replaced, is listed by the archive, or `settle()` sees its
+    size or mtime change. Directory listings are reused while a directory's mtime and ctime are
+    unchanged and were at least `QUIET_NS` old when it was listed (timestamps are taken from a
+    coarse clock, so a change in the same tick as a listing could otherwise go unseen).
     """
 
     MAX_OPEN = 1024  # beyond this many files, read the rest without keeping them open
     MAX_KEYS = 10_000  # foreign writers could add keys without end
+    MAX_TRACKED = 20_000  # files whose last good values are kept (about 0.5 KiB each)
+    QUIET_NS = 1_000_000_000
+    RECHECK = 2000  # settled files stat-ed per `settle()`: 10,000 at once held the GIL from scrapes
+    EXACT = 2.0 ** 36  # per value: 20,000 settled files of such values still sum below 2**53
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -284,29 +315,60 @@ class CounterReader:
         self._good: dict[str, tuple[int, tuple, tuple]] = {}  # path -> (inode, slots, last good values)
         self._held: set[str] = set()  # corrupt now, counted at their last good values
         self._retired: dict[int, float] = {}  # last good values of held files since removed
+        self._dirs: dict[str, tuple[tuple, bool, list, list]] = {}  # dir -> (stamp, trusted, files, subdirs)
+        self._dead: dict[str, tuple[int, int, int]] = {}  # proven dead, to settle: path -> (inode, size, mtime_ns)
+        # path -> (inode, size, mtime_ns, state, foreign samples, absorbed names); values in `_good`
+        self._settled: dict[str, tuple[int, int, int, str, int, tuple]] = {}
+        self._settled_sums: dict[int, float] = {}
+        self._settled_refs: dict[int, int] = {}  # how many settled values each slot sums
+        self._settled_tally: Tally = Tally()
+        self._settled_foreign = 0
+        self._last_absorbed: frozenset = frozenset()
+        self._generation = 0  # bumped whenever the settled set changes
+        self._recheck = 0  # where the next `settle()` goes on re-checking settled files
+        self._active: tuple[int, list] = (-1, [])  # (generation, entries not settled), per listing
         self._lock = threading.Lock()
 
     def read(self, *, check_locks: bool = False) -> CounterSnapshot:
         """Writer files count as `writer`, or as `live`/`dead` with `check_locks`."""
         with self._lock:
-            entries = _entries(self.root)
-            self._close_missing({e[0] for e in entries})
+            entries, changed, gone = self._listing()
+            for path in gone:
+                self._close(path)
             if not entries and not self.root.is_dir() and not self._retired:
                 return CounterSnapshot(families=tuple(empty_dispatch_families()))
             totals: dict[int, float] = dict(self._retired)
-            tally, dropped = Tally(), 0
+            tally, dropped, ready = Tally(), 0, []
+            archived = self._settled.get(os.path.join(self.root, ARCHIVE_NAME))
+            absorbed: set[str] = set(archived[5]) if archived else set()
+            if changed or self._active[0] != self._generation:  # settled files are summed already
+                settled = self._settled
+                self._active = (self._generation, [e for e in entries if e[0] not in settled])
+            active = self._active[1]
             # the archive first: the files it lists are already in it
-            archive = [e for e in entries if e[1] == ARCHIVE_NAME]
-            absorbed: set[str] = set()
-            for path, rel, inode, regular in archive + [e for e in entries if e[1] != ARCHIVE_NAME]:
+            for path, rel, inode, regular in ([e for e in active if e[1] == ARCHIVE_NAME]
+                                              + [e for e in active if e[1] != ARCHIVE_NAME]):
                 if rel in absorbed:  # compaction unlinks it; the archive holds its counts now
                     self._forget(path)
                     continue
                 state, foreign = self._add(path, rel, inode, totals, absorbed) if regular else ("not_regular", 0)
+                if state == "archive":
+                    self._unsettle_absorbed(absorbed)
                 dropped += foreign
                 if state == "writer" and check_locks:
                     state = "live" if writer_alive(Path(path)) else "dead"
                 tally[state] += 1
+                dead = self._dead.pop(path, None)
+                if dead is not None and dead[0] == inode and state in ("writer", "dead", "archive", "ignored"):
+                    ready.append((path, dead, "writer" if state == "dead" else state, foreign,
+                                  self._last_absorbed))
+            _add_to(totals, tuple(self._settled_sums), tuple(self._settled_sums.values()))
+            tally.update(self._settled_tally)
+            if check_locks and "writer" in tally:  # settled writers are dead by proof
+                tally["dead"] += tally.pop("writer")
+            dropped += self._settled_foreign
+            for found in ready:  # after summing: their values are in `totals` once
+                self._settle(*found)
             named = {self._slots[slot]: value for slot, value in totals.items()}
             held = len(self._held) + bool(self._retired)
         return _snapshot(named, tally, dropped, held)
@@ -332,6 +394,7 @@ class CounterReader:
                 _add_to(totals, good[1], good[2])
             return "corrupt", 0
         absorbed.update(layout.absorbed)
+        self._last_absorbed = layout.absorbed  # what `_settle` keeps, were this file to settle now
         self._held.discard(path)
         ids, values = self._floor(path, inode, layout.ids, layout.take(row))
         if layout.unique:
@@ -375,7 +438,7 @@ class CounterReader:
                 values = tuple(max(v, last.get(s, 0.0)) for s, v in zip(ids, values))
                 lost = [(s, v) for s, v in zip(good[1], good[2]) if s not in ids]
                 ids, values = ids + tuple(s for s, _ in lost), values + tuple(v for _, v in lost)
-        if good is not None or len(self._good) < self.MAX_OPEN:
+        if good is not None or len(self._good) < self.MAX_TRACKED:
             self._good[path] = (inode, ids, values)
         return ids, values
 
@@ -415,7 +478,13 @@ class CounterReader:
         self._keys[key] = parsed
         return parsed
 
-    def _close_missing(self, present: set[str]) -> None:
+    def _close_missing(self, present: dict[str, int]) -> None:
+        """Forget what left the directory (`present`: path -> inode); a settled file that left
+        or was replaced is counted no more."""
+        for path in [p for p, s in self._settled.items() if present.get(p) != s[0]]:
+            self._unsettle(path)
+        for path in [p for p in self._dead if p not in present]:
+            del self._dead[path]
         for path in [p for p in self._fds if p not in present]:
             os.close(self._fds.pop(path)[1])
         for path in [p for p in self._layouts if p not in present]:
@@ -424,16 +493,170 @@ class CounterReader:
             _inode, ids, values = self._good.pop(path)
             if path in self._held:  # a corrupt file removed by hand: its counts were real
                 _add_to(self._retired, ids, values)
-        self._held &= present
+        self._held = {p for p in self._held if p in present}
+
+    def _close(self, path: str) -> None:
+        """A file left the directory or was replaced: forget it; a corrupt one held at its last
+        good values keeps them in the totals (its counts were real)."""
+        held = path in self._held
+        good = self._good.get(path)
+        self._forget(path)
+        if path in self._fds:
+            os.close(self._fds.pop(path)[1])
+        self._layouts.pop(path, None)
+        if held and good is not None:
+            _add_to(self._retired, good[1], good[2])
 
     def _forget(self, path: str) -> None:
         """Drop a file's last good values: they are in the archive now, or it is not a file."""
+        self._unsettle(path)
+        self._dead.pop(path, None)
         self._good.pop(path, None)
         self._held.discard(path)
 
+    # -- listing ---------------------------------------------------------------------------------
+    def _listing(self) -> tuple[list[tuple[str, str, int, bool]], bool, list[str]]:
+        """`_entries(root)` (root files, then each subdirectory's, each sorted), whether any
+        directory was listed again, and the paths listed before that are gone or replaced since
+        (so forgetting them costs what changed, not what is tracked): one stat per directory
+        when none changed."""
+        now, root, gone = time.time_ns(), str(self.root), []
+        top = self._list_dir(root, "", now, gone)
+        if top is None:
+            changed = bool(self._dirs)
+            for path in list(self._dirs):
+                self._drop_dir(path, gone)
+            return [], changed, gone
+        entries, subdirs, changed = list(top[0]), top[1], top[2]
+        for name in subdirs:
+            listed = self._list_dir(os.path.join(root, name), name + "/", now, gone)
+            if listed is None:  # removed since the root was listed
+                changed = True
+                continue
+            entries += listed[0]
+            changed |= listed[2]
+        if top[2]:  # the root was listed again: forget subdirectories removed since
+            keep = {root, *(os.path.join(root, name) for name in subdirs)}
+            for path in [d for d in self._dirs if d not in keep]:
+                self._drop_dir(path, gone)
+        return entries, changed, gone
+
+    def _list_dir(self, path: str, prefix: str, now: int, gone: list[str]) -> tuple[list, list, bool] | None:
+        """(`*.db` entries, subdirectory names if `prefix` is empty, listed again?) of one
+        directory; its cached listing while its stamp holds and was quiet when listed."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            self._drop_dir(path, gone)
+            return None
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        cached = self._dirs.get(path)
+        if cached is not None and cached[0] == stamp and cached[1]:
+            return cached[2], cached[3], False
+        files, subdirs = [], []
+        try:
+            with os.scandir(path) as listing:
+                for entry in listing:
+                    if entry.name.endswith(".db"):
+                        files.append((entry.path, prefix + entry.name, entry.inode(), _regular(entry)))
+                    elif not prefix and entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+        except OSError:  # removed while we listed it
+            self._drop_dir(path, gone)
+            return None
+        files.sort()
+        subdirs.sort()
+        if cached is not None:
+            now_there = {e[0]: e[2] for e in files}
+            gone += [e[0] for e in cached[2] if now_there.get(e[0]) != e[2]]
+        quiet = now - max(st.st_mtime_ns, st.st_ctime_ns) >= self.QUIET_NS
+        self._dirs[path] = (stamp, quiet, files, subdirs)
+        return files, subdirs, True
+
+    def _drop_dir(self, path: str, gone: list[str]) -> None:
+        cached = self._dirs.pop(path, None)
+        if cached is not None:
+            gone += [e[0] for e in cached[2]]
+
+    # -- settling --------------------------------------------------------------------------------
+    def settle(self, *, grace_seconds: float = DEFAULT_GRACE_SECONDS, now: float | None = None) -> int:
+        """Mark the counted files whose writer is gone, for the next `read()` to settle, and
+        unsettle those whose size or mtime changed since. The daemon's maintenance thread runs
+        it between scrapes: each file costs a stat and, while unsettled, a lock test (open,
+        flock, close); scrapes wait for the reader's lock only while the results are stored.
+        Returns how many files were newly found dead."""
+        now = time.time() if now is None else now
+        with self._lock:
+            todo = [(p, g[0]) for p, g in self._good.items()
+                    if p not in self._settled and p not in self._held and p not in self._dead]
+            settled = [(p, s[:3]) for p, s in self._settled.items()]
+            # a bounded share of the settled files each pass, in turn: a stat each
+            start = self._recheck % len(settled) if settled else 0
+            settled = (settled + settled)[start:start + min(len(settled), self.RECHECK)]
+            self._recheck = start + len(settled)
+        dead = {}
+        for path, inode in todo:
+            sig = _signature(path)
+            if (sig is not None and sig[0] == inode and now - sig[2] / 1e9 >= grace_seconds
+                    and not writer_alive(Path(path))):
+                dead[path] = sig
+        changed = [path for path, sig in settled if _signature(path) != sig]
+        with self._lock:
+            for path, sig in dead.items():
+                good = self._good.get(path)
+                if good is not None and good[0] == sig[0] and path not in self._settled:
+                    self._dead[path] = sig
+            for path in changed:  # read again by the next scrape, its last good values kept
+                self._unsettle(path)
+        return len(dead)
+
+    def _settle(self, path: str, sig: tuple[int, int, int], state: str, foreign: int,
+                absorbed: frozenset) -> None:
+        """Count a dead writer's file from memory from now on (its values are final)."""
+        good = self._good.get(path)
+        if (good is None or good[0] != sig[0] or path in self._held
+                or not all(v.is_integer() and abs(v) < self.EXACT for v in good[2])):
+            return  # not exact as a running sum, or not tracked: stays on the per-scrape path
+        self._settled[path] = (*sig, state, foreign, tuple(absorbed))  # all atomic: untracked by the GC
+        for slot, value in zip(good[1], good[2]):
+            self._settled_sums[slot] = self._settled_sums.get(slot, 0.0) + value
+            self._settled_refs[slot] = self._settled_refs.get(slot, 0) + 1
+        self._settled_tally[state] += 1
+        self._generation += 1
+        self._settled_foreign += foreign
+        self._layouts.pop(path, None)
+        if path in self._fds:
+            os.close(self._fds.pop(path)[1])
+
+    def _unsettle(self, path: str) -> None:
+        """Take a settled file out of the running sum (exact: integers); it is read again next
+        scrape, if it is still there, from its last good values on."""
+        record = self._settled.pop(path, None)
+        if record is None:
+            return
+        _inode, ids, values = self._good[path]
+        for slot, value in zip(ids, values):
+            refs = self._settled_refs[slot] - 1
+            if refs:
+                self._settled_refs[slot] = refs
+                self._settled_sums[slot] -= value
+            else:  # no settled file holds it: gone, as a fresh read would not have it
+                del self._settled_refs[slot], self._settled_sums[slot]
+        self._settled_tally[record[3]] -= 1
+        self._generation += 1
+        self._settled_foreign -= record[4]
+
+    def _unsettle_absorbed(self, absorbed: set[str]) -> None:
+        """The archive just read holds these files' counts: settled ones leave the running sum."""
+        for rel in absorbed:
+            path = os.path.join(self.root, rel)
+            if path in self._settled:
+                self._forget(path)
+
     def close(self) -> None:
         with self._lock:
-            self._close_missing(set())
+            self._close_missing({})
+            self._dirs.clear()
 
 
 def _add_to(totals: dict[int, float], ids: tuple, values: tuple) -> None:

@@ -1,6 +1,7 @@
 """Smoke kernels: prove each backend on this node by running it against a float64 reference.
 
-`run_smoke(env, level="quick")` returns a `SmokeReport`; see `runner.py`. Names load on first use:
+`run_smoke(env, level="quick")` returns a `SmokeReport`; see `runner.py`. `run_bench` times the
+backends in the same children (`bench.py`). Names load on first use:
 importing this package imports neither torch nor a backend.
 """
 
@@ -10,6 +11,7 @@ from fa4doctor._lazy import lazy_exports
 
 _EXPORTS = {
     "run_smoke": "fa4doctor.smoke.runner",
+    "run_bench": "fa4doctor.smoke.bench",
     "SmokeReport": "fa4doctor.smoke.report",
     "CaseResult": "fa4doctor.smoke.report",
     "LEVELS": "fa4doctor.smoke.cases",

@@ -6,7 +6,8 @@ the child imports the backends (timed), prints a `ready` line, then reads one JS
 `{"mode": "run"|"compile", "cases": [{"id", "backend", "spec"}]}`. For each case and direction it
 prints `start` before touching the kernel and `result` after, one JSON object per line, on a
 private copy of stdout (libraries' prints go to stderr). A crash or a hang therefore names the
-case it happened in, and the parent restarts a child for the rest.
+case it happened in, and the parent restarts a child for the rest. Mode "bench" (`fa4doctor
+bench`) times kernels instead of judging them: `bench_job.py`.
 
 Kernels run through `fa4doctor.runtime.dispatcher.call_backend`, the production adapters, unless
 `FA4DOCTOR_SMOKE_FAKE=/path/file.py:function` names a stand-in (the tests' fake backends).
@@ -219,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None
     emit("ready", import_seconds=time.perf_counter() - start, gpu_name=gpu, preload_errors=errors)
     job = json.loads(sys.stdin.readline() or "{}")
+    if job.get("mode") == "bench":  # `fa4doctor bench`: timed, not judged (smoke/bench_job.py)
+        from fa4doctor.smoke.bench_job import run_job
+
+        return run_job(job, call, args.device, emit, classify)
     repeat = 1 if job.get("mode") == "compile" else 2
     for case in job.get("cases", []):
         if not run_case(case, call, args.device, repeat, emit):

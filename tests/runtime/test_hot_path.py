@@ -54,6 +54,18 @@ def test_the_key_tracks_whether_autograd_records_the_call(grad_on):
 
 
 @pytest.mark.slow
+def test_dynamic_shapes_bench_prints_a_row_per_path_pattern_and_count():
+    out = subprocess.run([sys.executable, str(BENCH.parent / "dynamic_shapes.py"), "--rounds", "2", "--block", "5",
+                          "--counts", "2,3", "--layers", "1,2"], capture_output=True, text=True, timeout=300,
+                         check=True).stdout
+    rows = {tuple(line.split()[:3]): line.split() for line in out.splitlines() if line.startswith(("compiled", "python"))}
+    assert set(rows) == {(path, layers, count) for path in ("compiled", "python") for layers in "12" for count in "23"}
+    float(rows[("python", "2", "3")][3])  # a figure
+    assert "after/before" not in out  # one tree: no ratio column
+    assert "after  python        3 lengths: 3 / 1 / -" in out  # three keys, one plan class
+
+
+@pytest.mark.slow
 def test_overhead_bench_prints_the_breakdown():
     out = subprocess.run([sys.executable, str(BENCH), "--rounds", "3", "--block", "2"], capture_output=True,
                          text=True, timeout=300, check=True).stdout

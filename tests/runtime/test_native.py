@@ -16,7 +16,7 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
-from fa4doctor.runtime import counters as metrics, dispatcher as runtime, inputs, native
+from fa4doctor.runtime import counters as metrics, dispatcher as runtime, inputs, native, plan_class
 from fa4doctor.runtime.adapters import fa4 as fa4_adapter
 from fa4doctor.dispatch.reasons import DispatchError
 from fa4doctor.probe.system import find_torch_dir
@@ -114,6 +114,11 @@ VARIATIONS = {  # one field of the key changed at a time: each must reach Python
 }
 
 
+# Lengths both calls compare alike (seqlen_q < seqlen_kv, no decode) and the batch size: the call is
+# validated as its own key, and runs on its class's plan (runtime/plan_class.py).
+SAME_CLASS = {"q shape", "k shape", "batch"}
+
+
 @pytest.mark.parametrize("name", VARIATIONS)
 def test_every_field_of_the_key_is_checked(hit, name):
     q, k, v = _qkv()
@@ -128,12 +133,18 @@ def test_every_field_of_the_key_is_checked(hit, name):
         tensors, kwargs = VARIATIONS[name](q, k, v)
     grad = torch.enable_grad() if name == "requires_grad" else torch.no_grad()
     with grad:
-        other = _which(lambda: hit(*tensors, **kwargs), served)  # must not run on `plan`
-        assert other is not plan and len(runtime._plans) == 2
+        misses = _stats(hit)["misses"]
+        other = _which(lambda: hit(*tensors, **kwargs), served)  # must not run on `plan` unless one class
+        assert _stats(hit)["misses"] == misses + 1 and len(runtime._plans) == 2  # validated as its own key
+        assert (other is plan) == (name in SAME_CLASS)
         hits = _stats(hit)["hits"]
         hit(*tensors, **kwargs)  # and then the compiled path serves it
         assert _stats(hit)["hits"] == hits + 1
-    assert other.spec == inputs.prepare(*tensors, **kwargs).spec
+    spec = inputs.prepare(*tensors, **kwargs).spec
+    if name in SAME_CLASS:
+        assert plan_class.lengths(other.spec) == plan_class.lengths(spec)
+    else:
+        assert other.spec == spec
 
 
 def test_grad_mode_is_in_the_key(hit):
@@ -298,6 +309,44 @@ def test_reset_forgets_the_compiled_entries(hit):
     hit(q, k, v)
     assert _stats(hit)["entries"] == 1
 
+
+def _stub_plan():
+    """What `remember` reads of a plan; its run returns a marker instead of running a kernel."""
+    counters = SimpleNamespace(directory=None, deadline=float("inf"))
+    return SimpleNamespace(run=lambda *a: "served", direct=None, tally=metrics.Tally("sdpa", None), counters=counters)
+
+
+def test_a_full_table_evicts_one_entry_at_a_time_and_keeps_what_is_used(hit):
+    """Issue 14: the table used to be forgotten whole when full. Now a full table evicts one entry
+    (CLOCK: one not hit since the hand last passed), and every entry left is still found, wherever
+    the evictions moved it in the index."""
+    module, plan = hit.__self__, _stub_plan()
+    capacity, extra = _stats(hit)["capacity"], 100
+    base = torch.zeros(1, capacity + extra + 1, 1, 8)
+    views = [base[:, :n] for n in range(1, capacity + extra + 1)]  # one distinct shape each
+    defaults = [runtime.python_attention.__kwdefaults__[n] for n in native.KEYED]
+    for view in views[:capacity]:
+        assert module.remember(plan, view, view, view, *defaults)
+    assert hit(views[0], views[0], views[0]) == "served"  # a hit: spared by the first sweep
+    for count, view in enumerate(views[capacity:], 1):
+        assert module.remember(plan, view, view, view, *defaults)
+        assert _stats(hit)["entries"] == capacity and _stats(hit)["evictions"] == count
+    kept = [views[0], *views[extra + 1:]]  # views[1:extra + 1] went, in the hand's order
+    hits = _stats(hit)["hits"]
+    assert all(hit(view, view, view) == "served" for view in kept)
+    assert _stats(hit)["hits"] == hits + capacity
+    misses = _stats(hit)["misses"]
+    hit(views[1], views[1], views[1])  # evicted: Python serves it
+    assert _stats(hit)["misses"] == misses + 1
+
+
+def test_entries_of_one_shape_share_a_hash_and_are_told_apart_in_full(hit):
+    module, q = hit.__self__, torch.zeros(1, 4, 1, 8)
+    plans = [_stub_plan() for _ in range(40)]
+    for scale, plan in enumerate(plans, 1):
+        plan.run = lambda *a, _scale=scale: _scale
+        assert module.remember(plan, q, q, q, "no_mask", None, float(scale), 0.0, 0.0, False)
+    assert [hit(q, q, q, softmax_scale=float(scale)) for scale in range(1, 41)] == list(range(1, 41))
 
 def test_fa4_direct_call_is_the_adapters_call(hit, fakes):
     q, k, v = (t.bfloat16() for t in _qkv())

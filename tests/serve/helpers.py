@@ -9,21 +9,20 @@ import sys
 import textwrap
 from pathlib import Path
 
-from prometheus_client.mmap_dict import MmapedDict, mmap_key
-
+from fa4doctor.runtime.counter_file import CounterFile, counter_key
 from fa4doctor.runtime.counters import calls_key, fallbacks_key
 
 
 def write_counters(path: Path, calls: dict[str, float] = {}, fallbacks: dict[tuple, float] = {},
                    extra: list[tuple] = ()) -> Path:
-    """Write one writer's file as the dispatcher does (its keys, MmapedDict), then close it."""
-    out = MmapedDict(str(path))
+    """Write one writer's file as the dispatcher does (its keys, CounterFile), then close it."""
+    out = CounterFile(path)
     for backend, value in calls.items():
         out.write_value(calls_key(backend), value, 0.0)
     for labels, value in fallbacks.items():
         out.write_value(fallbacks_key(labels), value, 0.0)
     for family, name, labels, value in extra:
-        out.write_value(mmap_key(family, name, list(labels), list(labels.values()), "x"), value, 0.0)
+        out.write_value(counter_key(family, name, list(labels), list(labels.values()), "x"), value, 0.0)
     out.close()
     return path
 

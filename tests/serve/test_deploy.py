@@ -67,8 +67,23 @@ def test_daemonset_is_locked_down_and_uses_the_default_port():
     assert host and any(m["name"] == host[0]["name"] for m in container["volumeMounts"])
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["FA4DOCTOR_METRICS_DIR"].startswith("/var/lib/fa4doctor")
+    assert ds["automountServiceAccountToken"] is False  # it never talks to the API server (issue 14)
     assert "nvidia.com/gpu" not in json.dumps(container["resources"])  # never takes a GPU from jobs
     assert manifests()["Service"]["spec"]["ports"][0]["port"] == DEFAULT_PORT
+
+
+def test_the_import_cache_survives_a_pod_restart():
+    """XDG_CACHE_HOME (where `check` keeps its import results, probe/cache.py) is a hostPath made the
+    daemon's own by the init container: a restarted pod's first probe is warm (issue 14)."""
+    ds = manifests()["DaemonSet"]["spec"]["template"]["spec"]
+    [container], [init] = ds["containers"], ds["initContainers"]
+    cache = {e["name"]: e.get("value") for e in container["env"]}["XDG_CACHE_HOME"]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == cache]
+    volume = {v["name"]: v for v in ds["volumes"]}[mount["name"]]
+    assert "hostPath" in volume and "emptyDir" not in volume
+    [prepared] = [m["mountPath"] for m in init["volumeMounts"] if m["name"] == mount["name"]]
+    uid, gid = ds["securityContext"]["runAsUser"], ds["securityContext"]["runAsGroup"]
+    assert f"chown {uid}:{gid} {prepared}" in init["command"][-1] and f"chmod 0700 {prepared}" in init["command"][-1]
 
 
 def test_prometheusrule_carries_exactly_the_tested_rule_file():

@@ -96,11 +96,11 @@ class Node:
         self.env = os.environ | {"PYTHONPATH": str(REPO)}
         (tmp_path / "writer.py").write_text(WRITER)
         (tmp_path / "recorder.py").write_text(RECORDER)
-        config = ServeConfig(interval=1.0, smoke_level="off", compact_interval=0.5, compact_grace=1.0,
+        config = ServeConfig(interval=1.0, smoke_level="off", compact_interval=0.5, compact_grace=1.0, settle_interval=0.3,
                              metrics_dir=str(self.metrics), ledger=str(self.ledger),
                              probe_command=printing(tmp_path, "probe", check_report(environment=H100)))
         self.daemon = Daemon(config, nvml_factory=lambda: None)
-        collector = Collector(lambda: self.daemon.state, metrics_dir=str(self.metrics),
+        collector = Collector(lambda: self.daemon.state, reader=self.daemon.reader,  # settled as in production
                               metrics_lock=self.daemon.metrics_lock, renderers={})
         self.server = make_server("127.0.0.1", 0, state=lambda: self.daemon.state, collector=collector)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/metrics"

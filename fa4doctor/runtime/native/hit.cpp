@@ -5,7 +5,9 @@
 // A Python function with attention()'s signature that only reads the 9 tensor attributes its key needs costs
 // 2.2-5.2 us right after that call (docs/validation/h100-bench-lanes), over the 2% of issue 3.
 // Here the reads are fields of at::Tensor, the keywords are compared in place and the plan found in
-// a short array.
+// a hash table: one probe on the key's hash, whatever the number of entries (issue 14: a linear scan
+// of 256 entries, forgotten all at once when full, added 9.5-11.3 us a call to a job cycling through
+// 300-1,000 sequence lengths). A full table evicts one entry, chosen by CLOCK.
 //
 // Contract with fa4doctor/runtime/dispatcher.py (tests/runtime/test_native.py holds the two equal):
 // - `attention` takes the runtime's exact signature. It serves a call itself only when q, k and v
@@ -31,13 +33,22 @@
 #include <c10/core/GradMode.h>
 #include <torch/csrc/autograd/python_variable.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
 namespace {
 
-constexpr int kMaxDim = 8;
-constexpr size_t kMaxEntries = 256;  // then forget all (runtime.py clears its plans at 4096)
+constexpr int kMaxDim = 4;  // bshd; a tensor of more dims goes to Python, which says what is wrong
+// As many as dispatcher.py's _MAX_PLANS: issue 14's 10,000 distinct shapes with room (256 B each, 4 MiB).
+constexpr size_t kMaxEntries = 16384;
+// The index: open addressing with linear probing, at most half full, so a miss ends at an empty slot
+// after ~1.5 probes on average (Knuth, TAOCP vol. 3, 6.4, Algorithm L).
+constexpr size_t kSlots = 2 * kMaxEntries;
+constexpr size_t kSlotMask = kSlots - 1;
+static_assert((kSlots & kSlotMask) == 0, "kSlots must be a power of two");
+constexpr int32_t kEmpty = -1;
 
 // attention()'s keyword-only parameters, in its order.
 enum Kw { kMask, kWindow, kScale, kDropout, kSoftcap, kAlibi, kSink, kDeterministic, kFormat, kCuQ, kCuKv,
@@ -52,37 +63,32 @@ constexpr int kNumKeyed = sizeof(kKeyed) / sizeof(kKeyed[0]);
 constexpr int kRare[] = {kAlibi, kSink, kCuQ, kCuKv, kMaxQ, kMaxKv};
 constexpr int kNumEnv = 3;
 
-struct TensorKey {
-  int64_t sizes[kMaxDim];
-  int ndim;
-  int8_t dtype, device_type, device_index;
-  bool requires_grad;
-
-  bool same(const TensorKey& o) const {  // requires_grad is in the entry's needs_grad
-    return ndim == o.ndim && dtype == o.dtype && device_type == o.device_type &&
-           device_index == o.device_index && std::memcmp(sizes, o.sizes, ndim * sizeof(int64_t)) == 0;
-  }
-};
-
+// q, k and v's shapes, dtypes and devices, and whether autograd records the call: zero-filled
+// first, so two keys are equal exactly when their bytes are (one memcmp, no padding left unset).
 struct Key {
-  TensorKey t[3];
-  bool needs_grad;
   uint64_t hash;
+  int8_t ndim[3], dtype[3], device_type[3], device_index[3];
+  bool needs_grad;
+  int64_t sizes[3][kMaxDim];  // dims past ndim stay 0
 };
 
-struct Entry {
+// What a hit reads comes first, in four cache lines: with 10,000 entries the table is far larger
+// than L2, and every line a hit touches is a likely miss (issue 14's bench/dynamic_shapes.py).
+struct alignas(64) Entry {
   Key key;
   PyObject* kw[kNumKeyed];  // strong references
   PyObject* env[kNumEnv];   // strong references; Py_None where the variable is unset
-  PyObject* plan;           // strong, as every pointer below
-  PyObject* run;            // plan.run and plan.direct, as they were when remembered
-  PyObject* direct;
+  PyObject* run;            // plan.run and plan.direct, as they were when remembered (strong, as
+  PyObject* direct;         // every pointer below)
   PyObject* tally;
   PyObject* counters;
   Py_ssize_t n_offset;      // where tally.n lives (a __slots__ member), or -1: by name
   Py_ssize_t deadline_offset;  // the same for counters.deadline
   bool flushes;             // counters.directory was set: its deadline is read per call
+  bool referenced;          // hit since CLOCK's hand last passed: spared once
+  PyObject* plan;
 };
+static_assert(sizeof(Entry) == 256, "an entry is four cache lines");
 
 struct State {
   PyObject* slow = nullptr;         // runtime.attention (Python)
@@ -93,8 +99,10 @@ struct State {
   PyObject* bshd = nullptr;
   PyObject *s_run = nullptr, *s_n = nullptr, *s_deadline = nullptr, *s_flush = nullptr, *s_direct = nullptr,
            *one = nullptr;
-  std::vector<Entry> entries;
-  unsigned long long hits = 0, misses = 0;
+  std::vector<Entry> entries;  // in no order: `index` finds them, CLOCK's `hand` walks them
+  std::vector<int32_t> index;  // kSlots positions in `entries` (kEmpty: none), by key.hash; made at first use
+  size_t hand = 0;
+  unsigned long long hits = 0, misses = 0, evictions = 0;
   // The policy variables' values (strong), read again only after os.environ changed: a dict
   // watcher (Python >= 3.12) marks them stale. Without one they are read on every call.
   PyObject* env_now[kNumEnv] = {};
@@ -106,39 +114,42 @@ struct State {
 };
 State g;
 
-bool read_tensor(PyObject* obj, TensorKey* out) {
+bool read_tensor(PyObject* obj, Key* key, int i, bool* requires_grad) {
   // Exactly torch.Tensor or Parameter: a subclass may answer .shape differently (__torch_function__).
   if (!THPVariable_CheckExact(obj)) return false;
   const at::Tensor& t = THPVariable_Unpack(obj);
   if (!t.defined() || t.is_nested() || t.unsafeGetTensorImpl()->has_symbolic_sizes_strides()) return false;
   auto sizes = t.sizes();
   if (sizes.size() > static_cast<size_t>(kMaxDim)) return false;
-  out->ndim = static_cast<int>(sizes.size());
-  std::memset(out->sizes, 0, sizeof(out->sizes));
-  std::memcpy(out->sizes, sizes.data(), sizes.size() * sizeof(int64_t));
-  out->dtype = static_cast<int8_t>(t.scalar_type());
-  out->device_type = static_cast<int8_t>(t.device().type());
-  out->device_index = t.device().index();
-  out->requires_grad = t.requires_grad();
+  key->ndim[i] = static_cast<int8_t>(sizes.size());
+  std::memcpy(key->sizes[i], sizes.data(), sizes.size() * sizeof(int64_t));
+  key->dtype[i] = static_cast<int8_t>(t.scalar_type());
+  key->device_type[i] = static_cast<int8_t>(t.device().type());
+  key->device_index[i] = t.device().index();
+  *requires_grad = *requires_grad || t.requires_grad();
   return true;
 }
 
 uint64_t mix(uint64_t h, uint64_t x) { return (h ^ x) * 0x100000001b3ULL; }  // FNV-1a step
 
 bool read_key(PyObject* const* tensors, Key* key) {
+  std::memset(key, 0, sizeof(Key));
   uint64_t h = 0xcbf29ce484222325ULL;
   bool any_grad = false;
   for (int i = 0; i < 3; ++i) {
-    TensorKey& tk = key->t[i];
-    if (!read_tensor(tensors[i], &tk)) return false;
-    for (int d = 0; d < tk.ndim; ++d) h = mix(h, static_cast<uint64_t>(tk.sizes[d]));
-    h = mix(h, (static_cast<uint64_t>(tk.ndim) << 24) | (static_cast<uint64_t>(static_cast<uint8_t>(tk.dtype)) << 16) |
-                   (static_cast<uint64_t>(static_cast<uint8_t>(tk.device_type)) << 8) |
-                   static_cast<uint8_t>(tk.device_index));
-    any_grad = any_grad || tk.requires_grad;
+    if (!read_tensor(tensors[i], key, i, &any_grad)) return false;
+    for (int d = 0; d < key->ndim[i]; ++d) h = mix(h, static_cast<uint64_t>(key->sizes[i][d]));
+    h = mix(h, (static_cast<uint64_t>(key->ndim[i]) << 24) | (static_cast<uint64_t>(static_cast<uint8_t>(key->dtype[i])) << 16) |
+                   (static_cast<uint64_t>(static_cast<uint8_t>(key->device_type[i])) << 8) |
+                   static_cast<uint8_t>(key->device_index[i]));
   }
   key->needs_grad = c10::GradMode::is_enabled() && any_grad;
-  key->hash = mix(h, key->needs_grad);
+  // MurmurHash3's fmix64: FNV's low bits depend only on its inputs' low bits, and the index slot is
+  // taken from the low bits, so lengths that differ only above them (multiples of 1024) would collide.
+  h = mix(h, key->needs_grad);
+  h = (h ^ (h >> 33)) * 0xff51afd7ed558ccdULL;
+  h = (h ^ (h >> 33)) * 0xc4ceb9fe1a85ec53ULL;
+  key->hash = h ^ (h >> 33);
   return true;
 }
 
@@ -205,12 +216,16 @@ void watch_environ() {
 void watch_environ() { g.env_stale = true; }
 #endif
 
-// The index of the entry that matches, -1 for none, -2 when a comparison raised.
+// The index of the entry that matches, -1 for none, -2 when a comparison raised. Entries with the
+// same hash (the same tensors under other keywords, or a collision) sit on one probe run, each
+// compared in full; nothing changes the table during the walk (`find`).
 long walk(const Key& key, PyObject* const* kw, PyObject* const* env) {
-  for (size_t i = 0; i < g.entries.size(); ++i) {
-    const Entry& e = g.entries[i];
-    if (e.key.hash != key.hash || e.key.needs_grad != key.needs_grad) continue;
-    if (!e.key.t[0].same(key.t[0]) || !e.key.t[1].same(key.t[1]) || !e.key.t[2].same(key.t[2])) continue;
+  if (g.index.empty()) return -1;
+  for (size_t s = key.hash & kSlotMask;; s = (s + 1) & kSlotMask) {
+    int32_t i = g.index[s];
+    if (i == kEmpty) return -1;  // the index is at most half full: every run ends
+    const Entry& e = g.entries[static_cast<size_t>(i)];
+    if (e.key.hash != key.hash || std::memcmp(&e.key, &key, sizeof(Key)) != 0) continue;
     bool same = true;
     for (int j = 0; j < kNumKeyed && same; ++j) {
       int eq = equal(e.kw[j], kw[kKeyed[j]]);
@@ -224,7 +239,40 @@ long walk(const Key& key, PyObject* const* kw, PyObject* const* env) {
     }
     if (same) return static_cast<long>(i);
   }
-  return -1;
+}
+
+size_t home(int32_t i) { return g.entries[static_cast<size_t>(i)].key.hash & kSlotMask; }
+
+void link(int32_t i) {
+  size_t s = home(i);
+  while (g.index[s] != kEmpty) s = (s + 1) & kSlotMask;
+  g.index[s] = i;
+}
+
+// Takes entry i out of the index, shifting later members of its probe run back into the hole, so
+// no tombstones pile up (Knuth, TAOCP vol. 3, 6.4, Algorithm R).
+void unlink(int32_t i) {
+  size_t hole = home(i);
+  while (g.index[hole] != i) hole = (hole + 1) & kSlotMask;
+  for (size_t s = (hole + 1) & kSlotMask; g.index[s] != kEmpty; s = (s + 1) & kSlotMask) {
+    // It may move back unless its home lies cyclically in (hole, s].
+    if (((s - home(g.index[s])) & kSlotMask) >= ((s - hole) & kSlotMask)) {
+      g.index[hole] = g.index[s];
+      hole = s;
+    }
+  }
+  g.index[hole] = kEmpty;
+}
+
+// CLOCK (second chance): the first entry from the hand on that was not hit since the hand last
+// passed it; at most one sweep clears every mark, so this ends within two.
+size_t victim() {
+  for (;;) {
+    size_t at = g.hand;
+    g.hand = (g.hand + 1) % g.entries.size();
+    if (!g.entries[at].referenced) return at;
+    g.entries[at].referenced = false;
+  }
 }
 
 void forget_all();
@@ -232,7 +280,9 @@ void forget_all();
 long find(const Key& key, PyObject* const* kw, PyObject* const* env) {
   if (g.walking) return -1;  // called back from a comparison inside the walk below
   g.walking = true;
+  for (int j = 0; j < kNumEnv; ++j) Py_INCREF(env[j]);  // borrowed from os.environ, which a comparison may change
   long at = walk(key, kw, env);
+  for (int j = 0; j < kNumEnv; ++j) Py_DECREF(env[j]);
   g.walking = false;
   if (g.forget_pending) {  // a comparison asked to forget: do it now, and serve nothing remembered
     g.forget_pending = false;
@@ -254,7 +304,9 @@ void forget_all() {
     return;
   }
   std::vector<Entry> old;
-  old.swap(g.entries);  // a __del__ run by a DECREF below sees an empty list, not a half-freed one
+  old.swap(g.entries);  // a __del__ run by a DECREF below sees an empty table, not a half-freed one
+  std::fill(g.index.begin(), g.index.end(), kEmpty);
+  g.hand = 0;
   for (Entry& e : old) release(e);
 }
 
@@ -376,7 +428,8 @@ PyObject* attention(PyObject*, PyObject* const* args, size_t nargsf, PyObject* k
     return PyObject_Vectorcall(g.slow, args, nargsf, kwnames);
   }
   ++g.hits;
-  const Entry& e = g.entries[static_cast<size_t>(at)];
+  Entry& e = g.entries[static_cast<size_t>(at)];
+  if (!e.referenced) e.referenced = true;  // read first: a line written on every hit must be written back
   // Own what the call uses: a reset inside flush() or the kernel may drop the entry meanwhile.
   PyObject *run = Py_NewRef(e.run), *direct = Py_NewRef(e.direct);
   bool counted = count(e);  // `e` is not used after this
@@ -395,14 +448,8 @@ PyObject* remember(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Key key;
   // Not a call this path can serve, or called back from a comparison while the entries are walked.
   if (!g.slow || g.walking || !read_key(args + 1, &key)) Py_RETURN_FALSE;
-  PyObject* kw[kNumKw];
-  std::memcpy(kw, g.defaults, sizeof(kw));
-  for (int j = 0; j < kNumKeyed; ++j) kw[kKeyed[j]] = args[4 + j];
-  PyObject* env[kNumEnv];
-  read_env(env);
-  long at = find(key, kw, env);
-  if (at == -2) Py_RETURN_FALSE;
-  // The plan's parts, owned by the entry (each a new reference, or null on an error).
+  // The plan's parts, owned by the entry (each a new reference, or null on an error). Read before
+  // `find`, since reading them may run Python: from `find` on, nothing runs Python until the entry is in.
   PyObject* plan = args[0];
   const char* const parts[] = {"run", "direct", "tally", "counters"};
   PyObject* got[4] = {};
@@ -417,10 +464,22 @@ PyObject* remember(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     for (PyObject* o : got) Py_DECREF(o);
     return nullptr;
   }
+  bool flushes = directory != Py_None;
+  Py_DECREF(directory);
+  PyObject* kw[kNumKw];
+  std::memcpy(kw, g.defaults, sizeof(kw));
+  for (int j = 0; j < kNumKeyed; ++j) kw[kKeyed[j]] = args[4 + j];
   Entry fresh;
+  read_env(fresh.env);
+  for (PyObject* o : fresh.env) Py_INCREF(o);  // owned before `find`, whose comparisons may change os.environ
+  long at = find(key, kw, fresh.env);
+  if (at == -2) {
+    for (PyObject* o : got) Py_DECREF(o);
+    for (PyObject* o : fresh.env) Py_DECREF(o);
+    Py_RETURN_FALSE;
+  }
   fresh.key = key;
   for (int j = 0; j < kNumKeyed; ++j) fresh.kw[j] = Py_NewRef(kw[kKeyed[j]]);
-  for (int j = 0; j < kNumEnv; ++j) fresh.env[j] = Py_NewRef(env[j]);
   fresh.plan = Py_NewRef(plan);
   fresh.run = got[0];
   fresh.direct = got[1];
@@ -428,16 +487,29 @@ PyObject* remember(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   fresh.counters = got[3];
   fresh.n_offset = slot_offset(fresh.tally, g.s_n);
   fresh.deadline_offset = slot_offset(fresh.counters, g.s_deadline);
-  fresh.flushes = directory != Py_None;
-  Py_DECREF(directory);
+  fresh.flushes = flushes;
+  fresh.referenced = false;  // a hit marks it; until then it is the first CLOCK may evict
   if (at >= 0) {  // the same key decided again (after a reset of runtime.py's plans): the new plan wins
     Entry old = g.entries[static_cast<size_t>(at)];
     g.entries[static_cast<size_t>(at)] = fresh;
     release(old);
-  } else {
-    if (g.entries.size() >= kMaxEntries) forget_all();
-    g.entries.push_back(fresh);
+    Py_RETURN_TRUE;
   }
+  if (g.index.empty()) g.index.assign(kSlots, kEmpty);
+  if (g.entries.size() < kMaxEntries) {
+    g.entries.push_back(fresh);
+    link(static_cast<int32_t>(g.entries.size() - 1));
+    Py_RETURN_TRUE;
+  }
+  // Full: one entry makes room, never all. The table is whole again before its references go, since
+  // a __del__ they run may call back in.
+  int32_t at_victim = static_cast<int32_t>(victim());
+  unlink(at_victim);
+  Entry old = g.entries[static_cast<size_t>(at_victim)];
+  g.entries[static_cast<size_t>(at_victim)] = fresh;
+  link(at_victim);
+  ++g.evictions;
+  release(old);
   Py_RETURN_TRUE;
 }
 
@@ -447,8 +519,9 @@ PyObject* forget(PyObject*, PyObject*) {
 }
 
 PyObject* stats(PyObject*, PyObject*) {
-  return Py_BuildValue("{s:n,s:K,s:K}", "entries", static_cast<Py_ssize_t>(g.entries.size()), "hits", g.hits,
-                       "misses", g.misses);
+  return Py_BuildValue("{s:n,s:n,s:K,s:K,s:K}", "entries", static_cast<Py_ssize_t>(g.entries.size()), "capacity",
+                       static_cast<Py_ssize_t>(kMaxEntries), "hits", g.hits, "misses", g.misses, "evictions",
+                       g.evictions);
 }
 
 // configure(slow, environ_data, env_keys): slow is runtime.attention; its __kwdefaults__ give the defaults.
