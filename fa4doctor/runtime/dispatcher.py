@@ -28,7 +28,7 @@ import torch
 from fa4doctor.runtime import counters, inputs, local_env, native, uniform
 from fa4doctor.runtime.plan_class import plan_class
 from fa4doctor.runtime.adapters import AdapterImportError, Direct, adapter, direct
-from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_STRICT, Policy
+from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_POLICY, ENV_STRICT, Policy
 from fa4doctor.dispatch.reasons import BackendName, Decision
 from fa4doctor.dispatch.selection import select
 from fa4doctor.dispatch.spec import AttentionSpec
@@ -48,15 +48,15 @@ _MAX_CLASSES = 4096
 # ~0.4 us at 10,000 keys (OrderedDict hashes the stored key again and relinks nodes far apart in
 # memory; 0.03 us with one key: timeit on the 2-core EPYC VM), the most of any step at that size.
 _RECENT_FROM = _MAX_PLANS * 3 // 4
-_POLICY_VARS = (ENV_BACKEND, ENV_DISABLE, ENV_STRICT)
+_POLICY_VARS = (ENV_BACKEND, ENV_DISABLE, ENV_STRICT, ENV_POLICY)
 # os.environ.get costs ~0.7 us (it encodes the key); CPython keeps the encoded mapping in
 # `os.environ._data` (Lib/os.py `_Environ`), which stays in step with os.environ writes.
 if hasattr(os.environ, "_data"):
     _ENV_DATA = os.environ._data
-    _ENV_B, _ENV_D, _ENV_S = (os.environ.encodekey(name) for name in _POLICY_VARS)
+    _ENV_B, _ENV_D, _ENV_S, _ENV_P = (os.environ.encodekey(name) for name in _POLICY_VARS)
 else:  # pragma: no cover (other Pythons)
     _ENV_DATA = os.environ
-    _ENV_B, _ENV_D, _ENV_S = _POLICY_VARS
+    _ENV_B, _ENV_D, _ENV_S, _ENV_P = _POLICY_VARS
 _clock = time.monotonic
 _grad_enabled = torch.is_grad_enabled
 
@@ -212,7 +212,7 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
                _grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad or (
                    learnable_sink is not None and learnable_sink.requires_grad)),
                attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic, qkv_format,
-               data.get(_ENV_B), data.get(_ENV_D), data.get(_ENV_S),
+               data.get(_ENV_B), data.get(_ENV_D), data.get(_ENV_S), data.get(_ENV_P),
                None if alibi_slopes is None else _tensor_key(alibi_slopes),
                None if learnable_sink is None else _tensor_key(learnable_sink))
         varlen, dense = None, True
@@ -300,7 +300,7 @@ def use_native(module) -> Callable[..., torch.Tensor]:
     if module is None or not isinstance(_ENV_DATA, dict):
         _native = _remember = None
         return python_attention
-    module.configure(python_attention, _ENV_DATA, (_ENV_B, _ENV_D, _ENV_S))
+    module.configure(python_attention, _ENV_DATA, (_ENV_B, _ENV_D, _ENV_S, _ENV_P))
     _native, _remember = module, module.remember
     return module.attention
 

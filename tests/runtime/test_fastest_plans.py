@@ -81,3 +81,21 @@ def test_a_plan_class_holds_the_speed_bucket_only_under_fastest():
     fastest, priority = Policy(order="fastest"), Policy()
     assert key(1500, fastest) == key(2048, fastest) != key(4096, fastest)
     assert key(1500, priority) == key(4096, priority)
+
+
+def test_a_policy_set_between_calls_plans_the_same_shape_again(monkeypatch):
+    """FA4DOCTOR_POLICY is in the call's key like the other policy variables: a shape already planned
+    under `priority` is decided again under `fastest`, not served the old plan."""
+    import torch
+
+    planned = []
+    class_plan = runtime._class_plan
+    monkeypatch.setattr(runtime, "_class_plan", lambda prepared: planned.append(1) or class_plan(prepared))
+    monkeypatch.delenv("FA4DOCTOR_POLICY", raising=False)
+    runtime.reset()
+    q = k = v = torch.randn(1, 8, 2, 16)
+    runtime.python_attention(q, k, v)
+    runtime.python_attention(q, k, v)
+    monkeypatch.setenv("FA4DOCTOR_POLICY", "fastest")
+    runtime.python_attention(q, k, v)
+    assert len(planned) == 2

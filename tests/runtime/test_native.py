@@ -7,6 +7,8 @@ session with this machine's compiler; skipped, with the reason, where there is n
 
 from __future__ import annotations
 
+import contextlib
+
 import inspect
 import os
 import re
@@ -166,12 +168,16 @@ def test_grad_mode_is_in_the_key(hit):
 
 
 @pytest.mark.parametrize("variable,value", [("FA4DOCTOR_DISABLE", "sdpa"), ("FA4DOCTOR_BACKEND", "fa4"),
-                                            ("FA4DOCTOR_STRICT", "1")])
+                                            ("FA4DOCTOR_STRICT", "1"), ("FA4DOCTOR_POLICY", "fastest")])
 def test_a_policy_variable_set_between_calls_is_read(hit, monkeypatch, variable, value):
     q, k, v = _qkv()
     hit(q, k, v)
     hit(q, k, v)
     monkeypatch.setenv(variable, value)
+    hits = _stats(hit)["hits"]
+    with contextlib.suppress(DispatchError):
+        hit(q, k, v)
+    assert _stats(hit)["hits"] == hits  # a miss: the key holds the variable
     try:
         want = runtime.python_attention(q, k, v)
     except DispatchError as exc:

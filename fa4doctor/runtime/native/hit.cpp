@@ -16,7 +16,7 @@
 //   to the Python `attention` given to `configure`, which validates, decides and calls `remember`.
 // - An entry matches when what runtime.py's key holds for such a call is equal: shape, dtype and
 //   device of q, k and v; grad mode and requires_grad; the six keywords (by ==, as a tuple key
-//   compares); the three policy variables in os.environ's own dict.
+//   compares); the four policy variables in os.environ's own dict.
 // - A hit does what runtime.py's hit does: tally.n += 1; counters.flush() once counters.deadline
 //   has passed (only where counters has a metrics directory); then plan.run(q, k, v, None, None,
 //   None), or, where the adapter gave one, its `direct` call: the backend's own function with the
@@ -61,7 +61,7 @@ const char* const kKwNames[kNumKw] = {
 constexpr int kKeyed[] = {kMask, kWindow, kScale, kDropout, kSoftcap, kDeterministic};
 constexpr int kNumKeyed = sizeof(kKeyed) / sizeof(kKeyed[0]);
 constexpr int kRare[] = {kAlibi, kSink, kCuQ, kCuKv, kMaxQ, kMaxKv};
-constexpr int kNumEnv = 3;
+constexpr int kNumEnv = 4;
 
 // q, k and v's shapes, dtypes and devices, and whether autograd records the call: zero-filled
 // first, so two keys are equal exactly when their bytes are (one memcmp, no padding left unset).
@@ -82,8 +82,8 @@ struct alignas(64) Entry {
   PyObject* direct;         // every pointer below)
   PyObject* tally;
   PyObject* counters;
-  Py_ssize_t n_offset;      // where tally.n lives (a __slots__ member), or -1: by name
-  Py_ssize_t deadline_offset;  // the same for counters.deadline
+  int32_t n_offset;         // where tally.n lives (a __slots__ member), or -1: by name (32 bits:
+  int32_t deadline_offset;  // a member's offset is small); the same for counters.deadline
   bool flushes;             // counters.directory was set: its deadline is read per call
   bool referenced;          // hit since CLOCK's hand last passed: spared once
   PyObject* plan;
@@ -485,8 +485,8 @@ PyObject* remember(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   fresh.direct = got[1];
   fresh.tally = got[2];
   fresh.counters = got[3];
-  fresh.n_offset = slot_offset(fresh.tally, g.s_n);
-  fresh.deadline_offset = slot_offset(fresh.counters, g.s_deadline);
+  fresh.n_offset = static_cast<int32_t>(slot_offset(fresh.tally, g.s_n));
+  fresh.deadline_offset = static_cast<int32_t>(slot_offset(fresh.counters, g.s_deadline));
   fresh.flushes = flushes;
   fresh.referenced = false;  // a hit marks it; until then it is the first CLOCK may evict
   if (at >= 0) {  // the same key decided again (after a reset of runtime.py's plans): the new plan wins
@@ -527,7 +527,7 @@ PyObject* stats(PyObject*, PyObject*) {
 // configure(slow, environ_data, env_keys): slow is runtime.attention; its __kwdefaults__ give the defaults.
 PyObject* configure(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 3 || !PyDict_Check(args[1]) || !PyTuple_Check(args[2]) || PyTuple_GET_SIZE(args[2]) != kNumEnv) {
-    PyErr_SetString(PyExc_TypeError, "configure(slow, environ_data: dict, env_keys: 3-tuple)");
+    PyErr_SetString(PyExc_TypeError, "configure(slow, environ_data: dict, env_keys: 4-tuple)");
     return nullptr;
   }
   PyObject* defaults = PyObject_GetAttrString(args[0], "__kwdefaults__");
