@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The GPU proofs of issues 15 and 16 on one node with FA4 installed (. /tmp/fa4site/env.sh), in two
+# parts that each fit one device call (10 minutes):
+#
+#   scripts/gpu/proofs.sh OUTDIR fastest        bench_fastest.sh (smoke + bench of the zoo, explain
+#                                               under both policies, fastest's pick against the best),
+#                                               then bench/policy_overhead.py on that ledger: ~5 min
+#   scripts/gpu/proofs.sh OUTDIR transformers   scripts/gpu/transformers_models.py (transformers on
+#                                               PYTHONPATH): ~2 min
+#
+# OUTDIR/<part>.tar.gz holds everything printed (the device returns at most 8 files).
+set -uo pipefail
+out=${1:?usage: scripts/gpu/proofs.sh OUTDIR fastest|transformers}
+part=${2:?usage: scripts/gpu/proofs.sh OUTDIR fastest|transformers}
+cd "$(dirname "$0")/../.."
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/cute-cache
+work=$(mktemp -d)/$part
+mkdir -p "$work"
+case $part in
+    fastest)
+        bash scripts/gpu/bench_fastest.sh "$work"
+        FA4DOCTOR_LEDGER=$work/ledger.json timeout 120 python bench/policy_overhead.py --device cuda --backend fa4 \
+            --rounds 100 --block 200 > "$work/policy-overhead.txt" 2>&1
+        echo "policy_overhead: exit $?" >> "$work/summary.txt"
+        ;;
+    transformers)
+        FA4DOCTOR_LEDGER=$work/ledger.json timeout 500 python scripts/gpu/transformers_models.py \
+            > "$work/transformers-models.txt" 2> "$work/transformers-models.stderr"
+        echo "transformers_models: exit $?" >> "$work/summary.txt"
+        ;;
+    *) echo "unknown part '$part' (valid: fastest, transformers)" >&2; exit 2 ;;
+esac
+tar -czf "$out/$part.tar.gz" -C "$(dirname "$work")" "$part"
+cat "$work/summary.txt"
