@@ -47,20 +47,26 @@ def per_call(direct, dispatched, args, rounds: int, calls: int, sync) -> dict[st
     return times
 
 
-def per_plan(spec, gpu: int, repeats: int) -> dict[str, list[float]]:
+def per_plan(device: str, repeats: int) -> dict[str, list[float]]:
+    """Each zoo shape's training call (`fa4doctor bench`'s, so `fastest` finds its records)."""
+    from dataclasses import replace
+
     from fa4doctor.dispatch.policy import Policy
     from fa4doctor.dispatch.selection import decide
     from fa4doctor.runtime import local_env
+    from fa4doctor.smoke.zoo import ZOO_NAMES, zoo_shapes
 
-    env = local_env.environment(need_gpus=spec.on_cuda)
+    specs = [replace(shape.spec, device=device) for shape in zoo_shapes(ZOO_NAMES)]
+    env = local_env.environment(need_gpus=device == "cuda")
     uncached = decide.__wrapped__
     times = {p: [] for p in POLICIES}
     for _ in range(repeats):
         for policy in POLICIES:
             start = time.perf_counter()
-            uncached(spec, env, Policy(order=policy), gpu)
-            times[policy].append((time.perf_counter() - start) * 1e6)
-    print(f"ledger: {len(env.ledger)} smoke entries, {len(env.speed)} speed records")
+            for spec in specs:
+                uncached(spec, env, Policy(order=policy), 0)
+            times[policy].append((time.perf_counter() - start) / len(specs) * 1e6)
+    print(f"ledger: {len(env.ledger)} smoke entries, {len(env.speed)} speed records; {len(specs)} zoo calls")
     return times
 
 
@@ -96,7 +102,7 @@ def main() -> None:
             dispatched(q, k, v)
         per_call(direct, dispatched, (q, k, v), 2, 20, sync)  # warm-up: allocator, caches
         times = per_call(direct, dispatched, (q, k, v), args.rounds, args.block, sync)
-    plans = per_plan(plan.spec, 0, max(50, args.rounds // 2))
+    plans = per_plan(args.device, 20)
     chosen = {key[-1].order: plan.decision.chosen.value for key, plan in runtime._classes.items()}  # plan_class()
     print(f"device={args.device} backend={args.backend} shape={args.shape} dtype={str(dtype).split('.')[-1]} "
           f"mask=causal torch={torch.__version__} path={'python' if attention is runtime.python_attention else 'native'} "
@@ -110,8 +116,8 @@ def main() -> None:
     gap, lo, hi = paired(times, "fastest", "priority")
     print(f"fastest - priority {gap:8.2f} us/call (95% interval {lo:.2f} to {hi:.2f} us)")
     for policy in POLICIES:
-        print(f"plan, {policy:9}  {statistics.median(plans[policy]):9.1f} us/decision (uncached rules, once per "
-              f"call class; median of {len(plans[policy])})")
+        print(f"plan, {policy:9}  {statistics.median(plans[policy]):9.1f} us/decision (uncached rules, paid once per "
+              f"call class; median over {len(plans[policy])} passes of the zoo's calls)")
 
 
 if __name__ == "__main__":
