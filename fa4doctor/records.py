@@ -88,16 +88,21 @@ def read_text_file(path: str | os.PathLike, limit: int = MAX_INPUT_BYTES) -> str
 
 
 def write_json_file(path: Path, body: Any, *, indent: int | None = None, durable: bool = False) -> None:
-    """Write `body` as JSON to `path` atomically: a temporary file beside it, then a rename, so a
-    reader never sees half a file (`durable`: on disk before the rename). A failure leaves no
-    temporary file behind. The new file keeps the mode and group of the one it replaces (a new
-    one gets 0666 less the umask, as `open()` gives): `tempfile.mkstemp` alone left every rewrite
-    0600, unreadable to the other users sharing it (issue 13)."""
+    """Write `body` as JSON to `path` atomically (`write_text_file`)."""
+    write_text_file(path, json.dumps(body, indent=indent), durable=durable)
+
+
+def write_text_file(path: Path, text: str, *, durable: bool = False) -> None:
+    """Write `text` as UTF-8 to `path` atomically: a temporary file beside it, then a rename, so a
+    reader never sees half a file and a failure never clobbers the old one (`durable`: on disk before
+    the rename). A failure leaves no temporary file behind. The new file keeps the mode and group of
+    the one it replaces (a new one gets 0666 less the umask, as `open()` gives): `tempfile.mkstemp`
+    alone left every rewrite 0600, unreadable to the other users sharing it (issue 13)."""
     fd, tmp = _create_beside(path)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             _keep_access(handle.fileno(), path)
-            json.dump(body, handle, indent=indent)
+            handle.write(text)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

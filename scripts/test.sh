@@ -11,6 +11,12 @@ if ! command -v promtool >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) >/dev/null 2>&1 \
         || echo "scripts/test.sh: could not install Debian's prometheus (promtool); its tests will skip" >&2
 fi
+# Headless Chromium for tests/exporters/test_report_browser.py (the report page as a browser builds
+# it, and its screenshot). Where apt is unavailable those tests skip with the reason.
+if ! command -v chromium >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+        || echo "scripts/test.sh: could not install Debian's chromium; the report's browser tests will skip" >&2
+fi
 set +e
 python3 -m pytest "$@"
 status=$?

@@ -22,6 +22,7 @@ COMMANDS = {
     "serve": ("fa4doctor.cli.serve:serve", "Run the node daemon that Prometheus scrapes."),
     "native": ("fa4doctor.cli.native:native", "Build or inspect the compiled hit path of attention()."),
     "cluster": ("fa4doctor.cli.cluster:cluster", "One verdict for a whole job: run on every rank under torchrun."),
+    "report": ("fa4doctor.cli.report:report", "Write one HTML page of this node's correctness and speed matrices."),
 }
 
 
