@@ -48,7 +48,7 @@ def _environment(env_file: Path | None, ledger: Path | None):
     return gather_environment(check_imports=False, ledger_path=ledger)
 
 
-def _shapes(zoo: str, seqlens: str, default_specs: bool, spec_file: Path | None):
+def _shapes(zoo: str, seqlens: str, default_specs: bool, spec_file: Path | None, model_path: Path | None = None):
     from fa4doctor.dispatch.default_specs import DEFAULT_SPECS
     from fa4doctor.dispatch.spec import SpecError, load_specs
     from fa4doctor.smoke.zoo import named_shapes, parse_seqlens, parse_zoo, zoo_shapes
@@ -58,8 +58,12 @@ def _shapes(zoo: str, seqlens: str, default_specs: bool, spec_file: Path | None)
         shapes += named_shapes(DEFAULT_SPECS)
     if spec_file is not None:
         shapes += named_shapes(load_specs(spec_file))
+    if model_path is not None:
+        from fa4doctor.models import load_model, model_specs
+
+        shapes += named_shapes(model_specs(load_model(model_path)))
     if not shapes:
-        raise SpecError("zoo", "nothing to time: --zoo none, --no-default-specs and no --spec")
+        raise SpecError("zoo", "nothing to time: --zoo none, --no-default-specs and no --spec or --model")
     return shapes
 
 
@@ -79,6 +83,8 @@ def _progress(as_json: bool):
               help="Also time the specs `fa4doctor check` judges, at their own lengths.")
 @click.option("--spec", "spec_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Also time these shapes (JSON AttentionSpec objects), at their own lengths.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="Also time every attention call this transformers config.json (or model folder) makes.")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(BACKENDS, case_sensitive=False),
               help="Only these backends (repeatable; default: every eligible one).")
 @click.option("--gpu", "gpus", multiple=True, metavar="UUID|INDEX", help="Only these GPUs (repeatable).")
@@ -94,14 +100,14 @@ def _progress(as_json: bool):
 @click.option("--env", "env_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Decide eligibility from this snapshot (fa4doctor check --json) instead of probing.")
 @handle_errors
-def bench(zoo, seqlens, default_specs, spec_file, backends, gpus, warmup, rounds, timeout, as_json, ledger,
+def bench(zoo, seqlens, default_specs, spec_file, model_path, backends, gpus, warmup, rounds, timeout, as_json, ledger,
           no_record, env_file) -> None:
     """Time every eligible backend and SDPA kernel on this node's GPUs; record the speed ledger."""
     from fa4doctor.names import BackendName
     from fa4doctor.smoke.bench import BenchRefused, run_bench
     from fa4doctor.smoke.process import ENV_FAKE
 
-    shapes = _shapes(zoo, seqlens, default_specs, spec_file)
+    shapes = _shapes(zoo, seqlens, default_specs, spec_file, model_path)
     if ledger is not None and not no_record:
         load_ledger_file(ledger, speed=True)  # before the kernels run: never written over if unreadable
     env = _environment(env_file, ledger)

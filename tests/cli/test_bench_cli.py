@@ -61,6 +61,7 @@ def test_help_names_the_zoo_and_the_command_is_listed():
     (["--warmup", "0"], "--warmup"),
     (["--backend", "fa5"], "'fa5' is not one of 'fa4', 'fa3', 'fa2', 'sdpa'"),
     (["--zoo", "none", "--no-default-specs"], "nothing to time"),
+    (["--model", "no-such-folder"], "no-such-folder"),
     (["--gpu", "7"], "gpu: no visible GPU '7'"),
 ])
 def test_bad_arguments_exit_2_naming_the_valid_choices(files, args, message):
@@ -114,3 +115,14 @@ def test_a_bad_policy_value_is_a_usage_error(files, command):
     result = _run(*args, env={"FA4DOCTOR_POLICY": "speed"})
     assert result.exit_code == 2, result.output
     assert "FA4DOCTOR_POLICY: unknown policy 'speed' (valid: priority, fastest)" in result.output
+
+
+def test_model_calls_are_timed_at_their_own_lengths(files):
+    """`--model`: every distinct call the model makes (training, prefill, decode) is a bench shape."""
+    seam = {"FA4DOCTOR_SMOKE_FAKE": f"{BENCH_FAKES}:paced"}
+    result = _run("bench", "--env", str(files / "env.json"), "--zoo", "none", "--no-default-specs", "--model",
+                  str(ROOT / "examples" / "models" / "gemma-2-9b"), "--warmup", "1", "--rounds", "1", "--json",
+                  "--no-record", env=seam)
+    assert result.exit_code == 0, result.output
+    names = [shape["name"] for shape in json.loads(result.stdout)["shapes"]]
+    assert names == [f"gemma2_{kind}_{phase}" for phase in ("train", "prefill", "decode") for kind in ("sliding", "full")]
