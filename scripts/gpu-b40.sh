@@ -15,14 +15,7 @@ export FLASH_ATTENTION_CUTE_DSL_CACHE_DIR="$scratch/cute-dsl-cache" XDG_CACHE_HO
 rm -rf "$scratch" "$FA4DOCTOR_LEDGER"
 trap 'rm -rf "$scratch"' EXIT
 cd "$(dirname "$0")/.."
-step() {  # step NAME COMMAND...: stdout to OUTDIR/NAME, stderr to OUTDIR/NAME.stderr
-    local name=$1; shift
-    local start; start=$(date +%s.%N)
-    "$@" > "$out/$name" 2> "$out/$name.stderr"
-    local code=$?
-    echo "$name: exit $code, $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s ($*)" \
-        | tee -a "$out/summary.txt"
-}
+. scripts/gpu/step.sh
 step check-before.txt python -m fa4doctor check
 step thorough-fa4.json python -m fa4doctor smoke --json --level thorough --backend fa4
 step standard.json python -m fa4doctor smoke --json --level standard --backend fa4 --backend sdpa

@@ -21,14 +21,7 @@ cd "$(dirname "$0")/../.."
 export FA4DOCTOR_LEDGER="$out/ledger.json"
 rm -f "$FA4DOCTOR_LEDGER"
 seqlens=${SEQLENS:-1024,2048,4096,8192,16384}
-step() {  # step NAME COMMAND...: stdout to OUTDIR/NAME, stderr to OUTDIR/NAME.stderr
-    local name=$1; shift
-    local start; start=$(date +%s.%N)
-    "$@" > "$out/$name" 2> "$out/$name.stderr"
-    local code=$?
-    echo "$name: exit $code, $(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s ($*)" \
-        | tee -a "$out/summary.txt"
-}
+. scripts/gpu/step.sh
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv > "$out/gpu.txt" 2>&1
 step check.json python -m fa4doctor check --json
 # Smoke vets classes, not lengths: the zoo's calls at 512 tokens (smoke's cap) prove the classes bench times.
