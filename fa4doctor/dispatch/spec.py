@@ -39,6 +39,7 @@ class Dtype(StrEnum):
     FP16 = "fp16"
     BF16 = "bf16"
     FP32 = "fp32"
+    FP64 = "fp64"  # SDPA only (docs/sources.md#pytorch-sdpa)
     FP8_E4M3 = "fp8_e4m3"
     FP8_E5M2 = "fp8_e5m2"
 
@@ -48,7 +49,7 @@ class Dtype(StrEnum):
 
     @property
     def itemsize(self) -> int:
-        return {"fp16": 2, "bf16": 2, "fp32": 4}.get(self.value, 1)
+        return {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}.get(self.value, 1)
 
 
 class MaskType(StrEnum):

@@ -27,12 +27,16 @@ Anything else that would change what the layer computes (a custom mask function,
 sequences, a position bias, a 4D mask, a paged cache, `output_attentions=True`) and any call the
 dispatcher refuses raises `AttentionRefused` naming the layer, never a quiet change of semantics.
 
+Under torch.compile each call is one custom op (`fa4doctor::transformers_attention`) whose body is the
+eager path, so the graph does not break per layer and the dispatcher still decides and counts each call.
+
 >>> str(AttentionRefused("a position bias (T5-style)", layer=3, module="T5Attention"))[:64]
 'fa4doctor: layer 3 (T5Attention): a position bias (T5-style); no'
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any
 
@@ -70,22 +74,34 @@ def register(name: str = NAME) -> str:
     return name
 
 
-def _expressible(mask_function) -> bool:
+def _check_pattern(mask_function, use_vmap: bool) -> None:
     """Plain causal, causal with a sliding window, or bidirectional: the patterns a padding mask plus
     `attn_mask_type`/`window_size` say exactly (masking_utils.py:72-97, 130-134). Packed-sequence,
-    chunked, blockwise and model-specific overlays wrap these and are not."""
+    chunked, blockwise and model-specific overlays wrap these and are refused."""
     from transformers import masking_utils as mu
 
-    if mask_function in (mu.causal_mask_function, mu.bidirectional_mask_function):
-        return True
-    if getattr(mask_function, "__qualname__", "") != "and_masks.<locals>.and_mask":
-        return False
-    parts = inspect.getclosurevars(mask_function).nonlocals.get("mask_functions", ())
-    return all(part is mu.causal_mask_function
-               or getattr(part, "__qualname__", "") == "sliding_window_overlay.<locals>.inner_mask" for part in parts)
+    if not use_vmap and (mask_function is None
+                         or mask_function in (mu.causal_mask_function, mu.bidirectional_mask_function)):
+        return
+    _check_composed(mask_function, use_vmap)
 
 
-@torch.compiler.disable  # it reads a closure and the mask's values: host work, once per mask kind and forward
+# It reads a closure, which dynamo cannot (torch 2.13: `__closure__` of a function made in the graph is
+# unsupported), so under torch.compile a composed pattern (a sliding window's) costs one graph break
+# per forward and mask kind; plain causal costs none. Never one per layer.
+@torch.compiler.disable
+def _check_composed(mask_function, use_vmap: bool) -> None:
+    from transformers import masking_utils as mu
+
+    if not use_vmap and getattr(mask_function, "__qualname__", "") == "and_masks.<locals>.and_mask":
+        parts = inspect.getclosurevars(mask_function).nonlocals.get("mask_functions", ())
+        if all(part is mu.causal_mask_function
+               or getattr(part, "__qualname__", "") == "sliding_window_overlay.<locals>.inner_mask" for part in parts):
+            return
+    name = getattr(mask_function, "__qualname__", repr(mask_function))
+    raise AttentionRefused(f"the model's mask pattern ({name}: a custom, packed-sequence or chunked mask)")
+
+
 def padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int = 0, kv_offset: int = 0,
                  mask_function=None, attention_mask: torch.Tensor | None = None, use_vmap: bool = False,
                  **kwargs: Any) -> torch.Tensor | None:
@@ -96,14 +112,14 @@ def padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset: int =
     >>> padding_mask(2, 3, 3, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]).bool()).tolist()
     [[False, True, True], [True, True, True]]
     """
-    if use_vmap or (mask_function is not None and not _expressible(mask_function)):
-        name = getattr(mask_function, "__qualname__", repr(mask_function))
-        raise AttentionRefused(f"the model's mask pattern ({name}: a custom, packed-sequence or chunked mask)")
+    _check_pattern(mask_function, use_vmap)
     if attention_mask is None:
         return None
     if attention_mask.shape[-1] < kv_length:  # a static cache longer than the mask (masking_utils.py:670-672)
         raise AttentionRefused(f"a padding mask of {attention_mask.shape[-1]} keys for {kv_length} keys (static cache)")
     attention_mask = attention_mask[:, -kv_length:]
+    if torch.compiler.is_compiling():  # no branch on its values in a graph: the op reads a full mask as none
+        return attention_mask
     return None if bool(attention_mask.all()) else attention_mask
 
 
@@ -114,14 +130,6 @@ def _refuse_kwargs(kwargs: dict[str, Any]) -> str | None:
     if kwargs.get("output_attentions"):
         return "output_attentions=True (no fused backend returns attention weights)"
     return None
-
-
-def _window(sliding_window: int | None, causal: bool) -> tuple[int, int] | None:
-    if sliding_window is None:
-        return None
-    if not causal:  # bidirectional windows are |q - k| <= W (masking_utils.py:137-147): not read here
-        raise SpecError("sliding_window", "a bidirectional sliding window is not translated")
-    return (int(sliding_window) - 1, 0)
 
 
 def _contiguous(keep: torch.Tensor) -> bool:
@@ -137,7 +145,7 @@ def _offsets(lengths: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
 
 
-def _padded(q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> torch.Tensor:
+def _padded(attend, q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> torch.Tensor:
     """Valid tokens packed to `thd`, run, and put back; queries are the last seqlen_q keys."""
     if mask.dim() != 2 or mask.shape[1] != k.shape[1]:
         raise SpecError("attention_mask", f"a mask of shape {tuple(mask.shape)} for {k.shape[1]} keys; "
@@ -147,7 +155,7 @@ def _padded(q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> 
     if not _contiguous(keep_k):
         raise SpecError("attention_mask", "a padding mask with holes (valid tokens must be one run per row)")
     lens_q, lens_k = keep_q.sum(1), keep_k.sum(1)
-    out = dispatcher.attention(
+    out = attend(
         q[keep_q], k[keep_k], v[keep_k], qkv_format="thd",
         attn_mask_type="padding_causal_bottom_right" if causal else "padding",
         cu_seqlens_q=_offsets(lens_q), cu_seqlens_kv=_offsets(lens_k), max_seqlen_q=int(lens_q.max()),
@@ -156,19 +164,29 @@ def _padded(q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> 
     return full.index_put((keep_q,), out)
 
 
-def _run(q, k, v, mask: torch.Tensor | None, causal: bool, call: dict[str, Any]) -> torch.Tensor:
-    if mask is None:
-        same = q.shape[1] == k.shape[1]
-        mask_type = ("causal" if same else "causal_bottom_right") if causal else "no_mask"
-        return dispatcher.attention(q, k, v, attn_mask_type=mask_type, **call)
-    return _padded(q, k, v, mask, causal, call)
+def _attend(attend, query, key, value, mask: torch.Tensor | None, sink: torch.Tensor | None, causal: bool,
+            sliding_window: int | None, scaling: float | None, softcap: float, deterministic: bool, dropout: float,
+            layer: int | None, module: str) -> torch.Tensor:
+    """One layer's call through `attend` (the dispatcher's `attention` or `recompute`), bhsd in, bshd out."""
+    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    window = None if sliding_window is None else (int(sliding_window) - 1, 0)
+    call = {"window_size": window, "softmax_scale": scaling, "dropout_p": dropout, "softcap": softcap,
+            "learnable_sink": sink, "deterministic": deterministic}
+    try:
+        if mask is not None:
+            return _padded(attend, q, k, v, mask, causal, call)
+        mask_type = ("causal" if q.shape[1] == k.shape[1] else "causal_bottom_right") if causal else "no_mask"
+        return attend(q, k, v, attn_mask_type=mask_type, **call)
+    except (SpecError, DispatchError) as exc:
+        raise AttentionRefused(str(exc), layer, module) from exc
 
 
-# Outside torch.compile's graph: the dispatcher decides in Python on the first call of each shape
-# and counts every call, which dynamo traced into and broke inside at every `.item()` and lock
-# (torch._dynamo.explain, the padded tiny Llama of tests/integrations/test_transformers.py, torch
-# 2.13: 19 breaks for 2 layers); disabled, each layer costs one break, and compiled output matches.
-@torch.compiler.disable
+# Eager mode calls the dispatcher directly (nothing in between, nothing extra for training). Under
+# torch.compile each layer's call is one opaque op in the graph, `_compiled` below, so the graph does
+# not break per layer (before, a `torch.compiler.disable` here broke it at every layer; tracing into the
+# dispatcher broke it 19 times for 2 layers: torch._dynamo.explain, the padded tiny Llama of
+# tests/integrations/test_transformers.py, torch 2.13). The op's body is the eager path on real tensors,
+# so the dispatcher decides, counts and refuses every call exactly as in eager mode.
 def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       sliding_window: int | None = None, softcap: float | None = None,
@@ -188,12 +206,114 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     if refused:
         raise AttentionRefused(refused, layer, name)
     causal = bool(getattr(module, "is_causal", True) if is_causal is None else is_causal)
+    if sliding_window is not None and not causal:  # |q - k| <= W (masking_utils.py:137-147): not read here
+        raise AttentionRefused("sliding_window: a bidirectional sliding window is not translated", layer, name)
     sink = s_aux if s_aux is not None else kwargs.get("sinks")
-    q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    options = (causal, sliding_window, scaling, float(softcap or 0.0), bool(kwargs.get("deterministic") or False))
+    dropout = float(dropout or 0.0)
+    if not torch.compiler.is_compiling():
+        return _attend(dispatcher.attention, query, key, value, attention_mask, sink, *options, dropout, layer,
+                       name), None
+    if dropout:
+        return _outside_graph(query, key, value, attention_mask, sink, *options, dropout, layer, name), None
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                 for t in (query, key, value, sink))
+    return _compiled(query, key, value, attention_mask, sink, *options, needs_grad, layer, name), None
+
+
+def _full_to_none(mask: torch.Tensor | None, keys: int) -> torch.Tensor | None:
+    """`padding_mask` gives a graph its mask even without padding (a graph cannot return None by
+    value); a full one is read here as eager's `padding_mask` reads it."""
+    if mask is None or mask.dim() != 2 or mask.shape[1] != keys or not bool(mask.all()):
+        return mask
+    return None
+
+
+# With dropout the call stays outside the graph (one break per layer): the op's backward recomputes
+# its forward, which would draw another dropout mask than the forward did.
+@torch.compiler.disable
+def _outside_graph(query, key, value, mask, *rest) -> torch.Tensor:
+    return _attend(dispatcher.attention, query, key, value, _full_to_none(mask, key.shape[2]), *rest)
+
+
+def _leaves(needs_grad: bool, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    return [t.detach().requires_grad_() if needs_grad and t is not None else t for t in tensors]
+
+
+_AUTOGRAD_KEYS = (torch._C.DispatchKey.AutogradFunctionality, torch._C.DispatchKey.AutogradOther,
+                  torch._C.DispatchKey.AutogradNestedTensor)
+
+
+@contextlib.contextmanager
+def _recording():
+    """Autograd back on inside an op's kernel, which runs below autograd (torch/_library/autograd.py:38-48,
+    torch 2.13: `_AutoDispatchBelowAutograd` excludes these keys), so the recompute can be differentiated."""
+    excluded = [torch._C._dispatch_tls_is_dispatch_key_excluded(key) for key in _AUTOGRAD_KEYS]
+    for key in _AUTOGRAD_KEYS:
+        torch._C._dispatch_tls_set_dispatch_key_excluded(key, False)
     try:
-        call = {"window_size": _window(sliding_window, causal), "softmax_scale": scaling,
-                "dropout_p": float(dropout or 0.0), "softcap": float(softcap or 0.0), "learnable_sink": sink,
-                "deterministic": bool(kwargs.get("deterministic") or False)}
-        return _run(q, k, v, attention_mask, causal, call), None
-    except (SpecError, DispatchError) as exc:
-        raise AttentionRefused(str(exc), layer, name) from exc
+        with torch.enable_grad():
+            yield
+    finally:
+        for key, was in zip(_AUTOGRAD_KEYS, excluded):
+            torch._C._dispatch_tls_set_dispatch_key_excluded(key, was)
+
+
+@torch.library.custom_op("fa4doctor::transformers_attention", mutates_args=())
+def _compiled(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+              sink: torch.Tensor | None, causal: bool, sliding_window: int | None, scaling: float | None,
+              softcap: float, deterministic: bool, needs_grad: bool, layer: int | None, module: str) -> torch.Tensor:
+    # Leaves that require grad under grad mode: the dispatcher's spec says training, as eager's call
+    # would (its backward rules apply); below autograd, nothing is recorded here.
+    q, k, v, s = _leaves(needs_grad, query, key, value, sink)
+    with torch.set_grad_enabled(needs_grad):
+        out = _attend(dispatcher.attention, q, k, v, _full_to_none(mask, key.shape[2]), s, causal, sliding_window,
+                      scaling, softcap, deterministic, 0.0, layer, module)
+    return out.detach().contiguous()
+
+
+@_compiled.register_fake
+def _compiled_shape(query, key, value, mask, sink, *options) -> torch.Tensor:
+    batch, heads, seqlen, _ = query.shape
+    # FP8 in, bf16 out, as the dispatcher returns it (FA4 iface@b36:925; runtime/adapters/sdpa.py `dense`).
+    dtype = torch.bfloat16 if query.dtype.itemsize == 1 else query.dtype
+    return query.new_empty(batch, seqlen, heads, value.shape[-1], dtype=dtype)
+
+
+# The gradient recomputes the forward under autograd through the same plan, uncounted
+# (`dispatcher.recompute`), and differentiates it: a compiled backward pays one more attention forward
+# per layer, and no autograd graph is kept from the forward to the backward. It is an op of its own,
+# so AOTAutograd traces its fake, never the dispatcher.
+@torch.library.custom_op("fa4doctor::transformers_attention_backward", mutates_args=())
+def _compiled_backward(grad: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       mask: torch.Tensor | None, sink: torch.Tensor | None, causal: bool, sliding_window: int | None,
+                       scaling: float | None, softcap: float, deterministic: bool, layer: int | None,
+                       module: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    leaves = _leaves(True, query, key, value, sink)
+    wrt = [t for t in leaves if t is not None]
+    with _recording():
+        out = _attend(dispatcher.recompute, *leaves[:3], _full_to_none(mask, key.shape[2]), leaves[3], causal,
+                      sliding_window, scaling, softcap, deterministic, 0.0, layer, module)
+        grads = torch.autograd.grad(out, wrt, grad, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g.contiguous() for g, t in zip(grads, wrt)]
+    return grads[0], grads[1], grads[2], grads[3] if sink is not None else query.new_zeros(0)
+
+
+@_compiled_backward.register_fake
+def _compiled_backward_shapes(grad, query, key, value, mask, sink, *options):
+    dsink = query.new_empty(0) if sink is None else sink.new_empty(sink.shape)
+    return query.new_empty(query.shape), key.new_empty(key.shape), value.new_empty(value.shape), dsink
+
+
+def _save(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs[:5])  # query, key, value, mask, sink
+    ctx.options = inputs[5:10] + inputs[11:]  # all but needs_grad: a backward means it was True
+
+
+def _backward(ctx, grad):
+    query, key, value, mask, sink = ctx.saved_tensors
+    dq, dk, dv, dsink = _compiled_backward(grad, query, key, value, mask, sink, *ctx.options)
+    return (dq, dk, dv, None, dsink if sink is not None else None) + (None,) * 8
+
+
+_compiled.register_autograd(_backward, setup_context=_save)

@@ -30,7 +30,7 @@ from fa4doctor.dispatch.spec import Dtype, SpecError
 # The fields every understood model type has; an unknown type is told which of them it lacks.
 CORE = ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size")
 LAYER_KINDS = {"full_attention": "full", "sliding_attention": "sliding"}
-_DTYPES = {"bfloat16": Dtype.BF16, "float16": Dtype.FP16, "float32": Dtype.FP32}
+_DTYPES = {"bfloat16": Dtype.BF16, "float16": Dtype.FP16, "float32": Dtype.FP32, "float64": Dtype.FP64}
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,6 +274,22 @@ def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:
     return _execute(run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
 
 
+def recompute(q, k, v, **kwargs) -> torch.Tensor:
+    """`attention()` again for a call it has already counted: validated again, run by its class's
+    plan (the same decision, so the same backend and SDPA kernels), and not counted. For a backward
+    pass that recomputes its forward to take gradients (`integrations/transformers.py` under
+    torch.compile), so a call is counted once, as in eager mode.
+
+    >>> import torch
+    >>> q = k = v = torch.randn(1, 4, 2, 8)
+    >>> torch.equal(recompute(q, k, v, attn_mask_type="causal"), attention(q, k, v, attn_mask_type="causal"))
+    True
+    """
+    prepared = inputs.prepare(q, k, v, **kwargs)
+    plan = _class_plan(prepared)
+    return _execute(plan.run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
+
+
 def _forget_native() -> None:
     if _native is not None:
         _native.forget()

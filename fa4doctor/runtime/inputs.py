@@ -20,7 +20,8 @@ import torch
 
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType, QkvFormat, SpecError
 
-DTYPES = {torch.float16: Dtype.FP16, torch.bfloat16: Dtype.BF16, torch.float32: Dtype.FP32}
+DTYPES = {torch.float16: Dtype.FP16, torch.bfloat16: Dtype.BF16, torch.float32: Dtype.FP32,
+          torch.float64: Dtype.FP64}
 for _name, _dtype in (("float8_e4m3fn", Dtype.FP8_E4M3), ("float8_e5m2", Dtype.FP8_E5M2)):
     if hasattr(torch, _name):
         DTYPES[getattr(torch, _name)] = _dtype

@@ -142,7 +142,7 @@ def test_a_failing_probe_is_exit_1(monkeypatch):
 
 
 @pytest.mark.parametrize("args, env, needle", [
-    (("--dtype", "fp64"), {}, "'fp64' is not one of"),
+    (("--dtype", "fp4"), {}, "'fp4' is not one of"),
     (("--mask", "causal_top_left"), {}, "--mask"),
     (("--heads", "6/4"), {}, "--heads"),
     (("--heads", "a/b"), {}, "expected N or Q/KV"),

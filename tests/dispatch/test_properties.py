@@ -91,7 +91,7 @@ def test_reason_codes_are_prometheus_label_values():
 
 INVALID = st.sampled_from([
     ("head_dim_qk", 0), ("head_dim_qk", -8), ("head_dim_v", 0), ("num_heads_q", 0), ("num_heads_kv", 3),
-    ("attn_mask_type", "causal_top_left"), ("dtype", "fp64"), ("qkv_format", "bhsd"), ("dropout_p", 1.0),
+    ("attn_mask_type", "causal_top_left"), ("dtype", "fp4"), ("qkv_format", "bhsd"), ("dropout_p", 1.0),
     ("dropout_p", -0.1), ("softcap", -1.0), ("seqlen_q", -1), ("num_splits", -1), ("window_size", (-2, 0)),
     ("window_size", (1, 2, 3)), ("alibi", "yes"), ("training", 1), ("device", ""),
 ])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from fa4doctor.dispatch.backends import BY_NAME, PRIORITY
+from fa4doctor.dispatch.backends.sdpa import kernels
 from fa4doctor.dispatch.reasons import BackendName, ReasonCode
+from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype
 
 from .dispatch_envs import ALL_CCS, codes, make_env, only
@@ -68,6 +70,17 @@ def test_dtypes_from_data(backend, dtype):
     spec = AttentionSpec(dtype=dtype, training=False, head_dim_qk=64)
     found = codes(backend, spec, _dtype_env(backend)) & {R.DTYPE_UNSUPPORTED, R.FP8_UNSUPPORTED}
     assert (not found) is (dtype in BY_NAME[backend].DTYPES), found
+
+
+@pytest.mark.parametrize("cc", [(8, 0), (9, 0), (10, 0), (12, 0)])
+def test_fp64_runs_on_sdpa_and_its_math_kernel_only(cc):
+    # CUDA's flash, memory-efficient and cuDNN kernels take no fp64 (sdp_utils.cpp `can_use_*`); math does.
+    spec = AttentionSpec(dtype="fp64", head_dim_qk=64, attn_mask_type="causal", device="cuda")
+    env = make_env(cc, fa4="4.0.0b40", fa2="2.8.3", fa3="3.0.0" if cc == (9, 0) else None)
+    decision = decide(spec, env)
+    installed = [b for b in FLASH if b is not B.FA3 or cc == (9, 0)]
+    assert decision.chosen is B.SDPA and all(R.DTYPE_UNSUPPORTED in codes(b, spec, env) for b in installed)
+    assert [name for name, why in kernels(spec, env) if not why] == ["math"]
 
 
 @pytest.mark.parametrize("cc, training, version, ok", [

@@ -33,7 +33,7 @@ BAD = [  # (what to change, argument the error must name)
     (lambda q, k, v: dict(q=q[0]), "q"),
     (lambda q, k, v: dict(k=torch.randn(1, 4, 3, 8), v=torch.randn(1, 4, 3, 8)), "k"),
     (lambda q, k, v: dict(k=torch.randn(1, 4, 2, 4)), "k"),
-    (lambda q, k, v: dict(q=q.to(torch.float64), k=k.double(), v=v.double()), "q"),
+    (lambda q, k, v: dict(q=q.to(torch.int32), k=k.int(), v=v.int()), "q"),
     (lambda q, k, v: dict(attn_mask_type="causal_top_left"), "attn_mask_type"),
     (lambda q, k, v: dict(attn_mask_type="arbitrary"), "attn_mask_type"),
     (lambda q, k, v: dict(window_size=(-2, 0)), "window_size"),
@@ -114,6 +114,14 @@ def test_counters_and_fallback_reason_match_the_decision(fresh_runtime):
     assert _calls(fresh_runtime) == 4
     labels = {"preferred": "fa4", "selected": "sdpa", "reason": decision.fallback_code.value}
     assert fresh_runtime.get_sample_value("fa4doctor_dispatch_fallbacks_total", labels) == 4
+
+
+def test_a_recompute_runs_the_calls_plan_and_is_not_counted(fresh_runtime):
+    q, k, v = (t.requires_grad_() for t in _qkv(sq=5, sk=7))
+    out = attention(q, k, v, attn_mask_type="causal_bottom_right")
+    again = runtime.recompute(q, k, v, attn_mask_type="causal_bottom_right")
+    assert torch.equal(again, out) and again.grad_fn is not None
+    assert len(runtime._classes) == 1 and _calls(fresh_runtime) == 1
 
 
 def test_no_fallback_counted_when_sdpa_is_the_preferred_backend(fresh_runtime, monkeypatch):

@@ -2,7 +2,8 @@
 
 Tolerances are relative L2 errors: fp32 must agree to ~1e-5 (it is the same math in another
 order); bf16 keeps 8 mantissa bits, so ~1e-2, as the H100 measurements saw for FA4 (0.002-0.003
-with larger head dims and longer rows averaging the rounding out).
+with larger head dims and longer rows averaging the rounding out); fp64 is the reference's own
+precision, so ~1e-15 (1e-12 allowed).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fa4doctor.dispatch import attention
 
 from .reference import reference, rel_err
 
-TOL = {torch.float32: 2e-5, torch.bfloat16: 2.5e-2}
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2.5e-2, torch.float64: 1e-12}
 MASKS = ("no_mask", "causal", "causal_bottom_right")
 
 
@@ -141,3 +142,24 @@ def test_dropout_runs_and_drops():
     out = attention(q, k, v, dropout_p=0.5)
     full = attention(q, k, v)
     assert torch.isfinite(out).all() and not torch.allclose(out, full)
+
+
+F64_PATHS = {  # each path of runtime/adapters/sdpa.py: SDPA's own flags, an explicit mask, plain math
+    "flags": dict(attn_mask_type="causal_bottom_right"),
+    "window": dict(attn_mask_type="causal", window_size=(2, -1)),
+    "softcap": dict(attn_mask_type="causal", softcap=2.0, softmax_scale=0.9),
+    "alibi": dict(attn_mask_type="no_mask", alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625])),
+}
+
+
+@pytest.mark.parametrize("path", sorted(F64_PATHS))
+def test_float64_runs_in_float64(path):
+    check(torch.float64, *_inputs(torch.float64), **F64_PATHS[path])
+
+
+def test_float64_sink_and_varlen_run_in_float64():
+    sink = torch.tensor([0.3, -0.2, 1.0, 0.1], dtype=torch.float64).requires_grad_()
+    cu_q, cu_kv = torch.tensor([0, 4, 9], dtype=torch.int32), torch.tensor([0, 6, 8], dtype=torch.int32)
+    q, k, v = _inputs(torch.float64, sq=9, sk=8, thd=True)
+    check(torch.float64, q, k, v, extra_leaves=(sink,), attn_mask_type="padding_causal_bottom_right",
+          learnable_sink=sink, qkv_format="thd", cu_seqlens_q=cu_q, cu_seqlens_kv=cu_kv)

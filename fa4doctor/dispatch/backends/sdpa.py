@@ -34,6 +34,9 @@ class SDPA(Backend):
     NAME = BackendName.SDPA
     DISTRIBUTIONS = names.DISTRIBUTIONS[BackendName.SDPA]
     NEEDS_CUDA = False
+    # Every dtype, fp64 included: on CUDA only SDPA's math kernel takes fp64 (`kernels` below refuses the
+    # fused ones), on the CPU torch's flash kernel takes it too (docs/sources.md#pytorch-sdpa), and the
+    # adapter's own math computes it in fp64.
     DTYPES = frozenset(Dtype)
     FEATURES = {feature: "" for feature, _, _ in FEATURE_FLAGS}  # every one, at every version
     ARBITRARY_MASK = True

@@ -2,9 +2,10 @@
 
 SDPA's `is_causal` is top-left, `causal_lower_right` is bottom-right (docs/sources.md#pytorch-sdpa). Windows,
 padding and ALiBi become explicit masks and biases; softcap and the learnable sink, which SDPA has
-no flag for, run in plain float32 math. Rows with no allowed key give zeros, as FlashAttention's do
-(FA2 README: "If the row of the mask is all zero, the output will be zero"), never NaN: such rows are
-unmasked for the softmax and then multiplied by zero, so their gradients are zero too.
+no flag for, run in plain math, in float32 (float64 for float64 inputs). Rows with no allowed key
+give zeros, as FlashAttention's do (FA2 README: "If the row of the mask is all zero, the output will
+be zero"), never NaN: such rows are unmasked for the softmax and then multiplied by zero, so their
+gradients are zero too.
 """
 
 from __future__ import annotations
@@ -55,13 +56,18 @@ def allowed_keys(mask: MaskType, window: tuple[int, int], sq: int, sk: int,
     return ok, rows, bool(rows.all())
 
 
-def _alibi_bias(slopes: torch.Tensor, mask: MaskType, sq: int, sk: int) -> torch.Tensor:
-    """-slope * |i + d - j| (TE/FA2 ALiBi), shaped (b or 1, h, sq, sk), in float32."""
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)  # float32, or float64 for float64 inputs
+
+
+def _alibi_bias(slopes: torch.Tensor, mask: MaskType, sq: int, sk: int, dtype: torch.dtype) -> torch.Tensor:
+    """-slope * |i + d - j| (TE/FA2 ALiBi), shaped (b or 1, h, sq, sk), in `_compute_dtype(dtype)`."""
     d = 0 if mask.is_top_left else sk - sq
     i = torch.arange(sq, device=slopes.device)[:, None]
     j = torch.arange(sk, device=slopes.device)[None, :]
-    distance = (i + d - j).abs().to(torch.float32)
-    slopes = slopes.to(torch.float32)
+    compute = _compute_dtype(dtype)
+    distance = (i + d - j).abs().to(compute)
+    slopes = slopes.to(compute)
     slopes = slopes[None] if slopes.dim() == 1 else slopes
     return -slopes[:, :, None, None] * distance
 
@@ -102,32 +108,33 @@ def _flags(q, k, v, spec: AttentionSpec, scale: float, alibi, sq: int, sk: int) 
         ok = ok | ~rows[:, None]  # let empty rows see everything, then zero them below
     attn_mask = ok
     if alibi is not None:
-        attn_mask = _alibi_bias(alibi, mask, sq, sk).to(q.dtype).masked_fill(~ok, float("-inf"))
+        attn_mask = _alibi_bias(alibi, mask, sq, sk, q.dtype).to(q.dtype).masked_fill(~ok, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **kwargs)
     return out if every_row else out * rows[:, None].to(out.dtype)
 
 
 def _math(q, k, v, spec: AttentionSpec, scale: float, alibi, sink, sq: int, sk: int) -> torch.Tensor:
-    """Softcap and learnable sink, in float32, from the definition (FA4 `learnable_sink`: the sink
-    logit joins the softmax denominator only)."""
+    """Softcap and learnable sink, in float32 (float64 for float64 inputs), from the definition (FA4
+    `learnable_sink`: the sink logit joins the softmax denominator only)."""
     k, v = _expand_heads(k, v, q.shape[1])
-    s = torch.einsum("bhid,bhjd->bhij", q.float(), k.float()) * scale
+    compute = _compute_dtype(q.dtype)
+    s = torch.einsum("bhid,bhjd->bhij", q.to(compute), k.to(compute)) * scale
     if spec.softcap > 0:
         s = spec.softcap * torch.tanh(s / spec.softcap)
     if alibi is not None:
-        s = s + _alibi_bias(alibi, spec.attn_mask_type, sq, sk)
+        s = s + _alibi_bias(alibi, spec.attn_mask_type, sq, sk, q.dtype)
     ok, rows, every_row = allowed_keys(spec.attn_mask_type, spec.window_size, sq, sk, q.device)
     if not every_row:
         ok = ok | ~rows[:, None]
     s = s.masked_fill(~ok, float("-inf"))
     if sink is not None:
-        column = sink.float()[None, :, None, None].expand(s.shape[0], -1, sq, 1)
+        column = sink.to(compute)[None, :, None, None].expand(s.shape[0], -1, sq, 1)
         p = torch.softmax(torch.cat([s, column], -1), -1)[..., :sk]
     else:
         p = torch.softmax(s, -1)
     if spec.dropout_p > 0:
         p = F.dropout(p, spec.dropout_p)
-    out = torch.einsum("bhij,bhjd->bhid", p, v.float())
+    out = torch.einsum("bhij,bhjd->bhid", p, v.to(compute))
     if not every_row:
         out = out * rows[:, None].to(out.dtype)
     return out.to(q.dtype)
