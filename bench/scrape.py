@@ -123,7 +123,7 @@ def in_process_breakdown(metrics: Path, check: Path, n: int) -> list[tuple[str, 
 
     from fa4doctor.serve.collector import Collector
     from fa4doctor.exporters.textfile import Families
-    from fa4doctor.serve.daemon import DaemonState
+    from fa4doctor.serve.state import DaemonState
 
     state = DaemonState(ready=True, check=json.loads(check.read_text()), probe_up=True)
     collector = Collector(lambda: state, metrics_dir=str(metrics))

@@ -11,7 +11,7 @@ two doubles. The file starts at 64 KiB and doubles as it fills. A key is
 Why owned: the writer runs inside every training process, under whatever prometheus-client that
 image installed, and a private module may move or change in any release, which would break the
 import of `attention()` or make the daemon misread the files. The daemon parses the files itself
-(`fa4doctor/serve/multiproc.py`); `tests/runtime/test_counter_file.py` writes the same values with
+(`fa4doctor/serve/file_format.py`); `tests/runtime/test_counter_file.py` writes the same values with
 the installed prometheus-client and compares the bytes, so a change on its side fails that test
 (and only then would the files stop being readable by its `MultiProcessCollector`, which reads
 them where `PROMETHEUS_MULTIPROC_DIR` is the metrics directory).

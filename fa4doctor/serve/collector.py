@@ -9,7 +9,7 @@ only its families. A family name that appears twice is kept once (the first), so
 renderer can never make the scrape invalid, nor hide the daemon's health.
 
 >>> from prometheus_client import CollectorRegistry
->>> from fa4doctor.serve.daemon import DaemonState
+>>> from fa4doctor.serve.state import DaemonState
 >>> registry = CollectorRegistry()
 >>> registry.register(Collector(lambda: DaemonState(probe_up=True)))
 >>> registry.get_sample_value("fa4doctor_probe_up")
@@ -24,9 +24,10 @@ from typing import Any, Callable, Iterator
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from fa4doctor.serve import multiproc
-from fa4doctor.serve.daemon import (FAILURE_OUTCOMES, REVET_FAILURE_OUTCOMES, SKIP_REASONS, UNREADY_AFTER_FAILURES,
-                                    DaemonState)
+from fa4doctor.serve.families import empty_dispatch_families
+from fa4doctor.serve.multiproc import CounterReader
+from fa4doctor.serve.state import (FAILURE_OUTCOMES, REVET_FAILURE_OUTCOMES, SKIP_REASONS, UNREADY_AFTER_FAILURES,
+                                   DaemonState)
 from fa4doctor.exporters.metrics_env import GPU_LABELS, environment_families, gpu_labels
 from fa4doctor.exporters.metrics_smoke import smoke_families
 from fa4doctor.exporters.textfile import Families
@@ -50,10 +51,10 @@ class Collector:
     def __init__(self, state: Callable[[], DaemonState], *, metrics_dir: str | None = None,
                  metrics_lock: threading.Lock | None = None,
                  renderers: dict[str, Callable[[dict], list[Metric]]] | None = None,
-                 reader: multiproc.CounterReader | None = None):
+                 reader: CounterReader | None = None):
         self._state = state
         # `reader`: the daemon's (`Daemon.reader`), whose files its maintenance thread settles
-        self._reader = reader or (multiproc.CounterReader(metrics_dir) if metrics_dir else None)
+        self._reader = reader or (CounterReader(metrics_dir) if metrics_dir else None)
         self._metrics_lock = metrics_lock
         self._renderers = RENDERERS if renderers is None else renderers
         self._cache: dict[str, tuple[dict, list[Metric], bool]] = {}
@@ -130,7 +131,7 @@ class Collector:
 
     def _dispatch_families(self) -> list[Metric]:
         if self._reader is None:
-            return multiproc.empty_dispatch_families()  # "avoid missing metrics" (writing_exporters.md)
+            return empty_dispatch_families()  # "avoid missing metrics" (writing_exporters.md)
         with self._metrics_lock or nullcontext():
             snapshot = self._reader.read()
         files = GaugeMetricFamily("fa4doctor_metrics_dir_files",

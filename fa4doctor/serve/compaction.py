@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fa4doctor.runtime.counter_file import CounterFile, counter_key
-from fa4doctor.serve.multiproc import (ABSORBED, ARCHIVE_NAME, DEFAULT_GRACE_SECONDS, FAMILIES,
-                                           UNREADABLE, counter_files, parse_values, read_file, read_values,
-                                           wanted, writer_alive)
+from fa4doctor.serve.families import ABSORBED, FAMILIES, wanted
+from fa4doctor.serve.file_format import UNREADABLE, parse_values, read_file, read_values
+from fa4doctor.serve.writer_files import ARCHIVE_NAME, DEFAULT_GRACE_SECONDS, counter_files, writer_alive
 
 
 def _absorbed_names(archive: Path) -> set[str]:

@@ -1,10 +1,9 @@
-"""The node daemon's loop: probe and smoke cycles in child processes, NVML polled in-process.
+"""The node daemon's loop: probe and smoke cycles in child processes (`children.py`), NVML polled
+in-process (`gpu_load.py`), each cycle's outcome into one `DaemonState` (`state.py`).
 
-The daemon never imports torch or an attention library and never creates a CUDA context: the
-probe (`python -m fa4doctor check --json`) and the smoke kernels (`... smoke --json`) run as child
-processes in their own session, killed with their whole process group at their timeout. Smoke
-kernels run only on GPUs where NVML lists no compute process, and see only those GPUs (their UUIDs
-in `CUDA_VISIBLE_DEVICES`, so NVML and CUDA numbering never have to agree; docs/sources.md#nvml-index-and-cuda-ordinal).
+Smoke kernels run only on GPUs where NVML lists no compute process, and see only those GPUs (their
+UUIDs in `CUDA_VISIBLE_DEVICES`, so NVML and CUDA numbering never have to agree;
+docs/sources.md#nvml-index-and-cuda-ordinal).
 
 After each probe the daemon compares the fingerprints of the new environment (per backend and GPU,
 `dispatch.vetting.fingerprint`) with those it last vetted under; where one changed and the ledger
@@ -18,35 +17,26 @@ False
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from fa4doctor.environment import Environment
 from fa4doctor.runtime.counters import ENV_METRICS_DIR, ENV_MULTIPROC_DIR
 from fa4doctor.serve import compaction, multiproc, revet
+from fa4doctor.serve.children import ChildResult, kill_group, run_child
+from fa4doctor.serve.gpu_load import GpuLoad, default_nvml, idle_uuids, poll_gpus
+from fa4doctor.serve.state import UNREADY_AFTER_FAILURES, DaemonState
+from fa4doctor.serve.writer_files import DEFAULT_GRACE_SECONDS
 from fa4doctor.probe.ledger import ENV_LEDGER, default_ledger_path, read_ledger
 
 # "off" plus the levels of `fa4doctor smoke` (fa4doctor/smoke/cases.py LEVELS; a test keeps them equal)
 SMOKE_LEVELS = ("off", "quick", "standard", "thorough")
-
-
-# Closed label values of the daemon's own counters; every one is exported, zeros included.
-FAILURE_OUTCOMES = ("failed", "crash", "timeout", "bad_output", "spawn_failed")
-# plan_failed: the probe's report could not be planned from, or the child's spec file not written
-REVET_FAILURE_OUTCOMES = (*FAILURE_OUTCOMES, "plan_failed")
-SKIP_REASONS = ("gpus_busy", "nvml_unavailable", "no_gpu")
-# /readyz answers 503 once this many probe cycles in a row have produced no valid report: the
-# daemon then serves only a stale report (22 failed cycles stayed "ready", issue 13). One or two
-# failures, a slow import or a busy node, do not flap it. docs/serve.md#readiness says why.
-UNREADY_AFTER_FAILURES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +51,7 @@ class ServeConfig:
     metrics_dir: str | None = None
     ledger: str | None = None
     compact_interval: float = 60.0
-    compact_grace: float = multiproc.DEFAULT_GRACE_SECONDS
+    compact_grace: float = DEFAULT_GRACE_SECONDS
     # How often the scrape reader looks for files whose writer has gone (a stat and a lock test
     # each), so scrapes stop reading them (multiproc.CounterReader.settle).
     settle_interval: float = 10.0
@@ -80,132 +70,16 @@ class ServeConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
-@dataclass(frozen=True, slots=True)
-class ChildResult:
-    """How one child went: `outcome` is ok, failed (bad exit), crash (signal), timeout,
-    bad_output (not the expected JSON) or spawn_failed; these are label values."""
-
-    outcome: str
-    payload: dict | None = None
-    exit_code: int | None = None
-    seconds: float = 0.0
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class GpuLoad:
-    nvml_index: int
-    uuid: str | None
-    compute_processes: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonState:
-    """The latest snapshot the collector and the HTTP routes read (replaced whole, never mutated)."""
-
-    started: float = field(default_factory=time.time)
-    ready: bool = False
-    check: dict | None = None
-    smoke: dict | None = None
-    probe_up: bool = False
-    probe_last_success: float | None = None
-    probe_last_seconds: float | None = None
-    probe_cycles: int = 0
-    probe_failures: tuple[tuple[str, int], ...] = ()
-    probe_failures_in_a_row: int = 0
-    ledger_problem: str | None = None  # why the vetting ledger could not be read, at the last look
-    smoke_runs: int = 0
-    smoke_failures: tuple[tuple[str, int], ...] = ()
-    smoke_skips: tuple[tuple[str, int], ...] = ()
-    smoke_last_success: float | None = None
-    nvml_up: bool = False
-    nvml_poll_failures: int = 0
-    gpus: tuple[GpuLoad, ...] = ()
-    compacted_files: int = 0
-    compaction_failures: int = 0
-    vetting: tuple[revet.Vetting, ...] = ()
-    revet_pending: bool = False
-    revet_runs: int = 0
-    revet_failures: tuple[tuple[str, int], ...] = ()
-    revet_last_success: float | None = None
-
-
-def run_child(argv: Sequence[str], *, timeout: float, schema: str, env: dict[str, str] | None = None,
-              started: Callable[[subprocess.Popen], None] = lambda proc: None) -> ChildResult:
-    """Run one child, kill its process group at `timeout`, and parse its JSON report."""
-    begin = time.monotonic()
-    try:
-        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    except OSError as exc:
-        return ChildResult("spawn_failed", detail=f"{type(exc).__name__}: {exc}")
-    started(proc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        proc.communicate()
-        return ChildResult("timeout", seconds=time.monotonic() - begin,
-                           detail=f"killed after {timeout:g} s")
-    seconds = time.monotonic() - begin
-    tail = err.decode(errors="replace")[-2000:]
-    if proc.returncode < 0:
-        return ChildResult("crash", exit_code=proc.returncode, seconds=seconds, detail=tail)
-    # exit 3 is a report of problems, still a valid report (promtool's convention: docs/sources.md#promtool)
-    if proc.returncode not in (0, 3):
-        return ChildResult("failed", exit_code=proc.returncode, seconds=seconds, detail=tail)
-    try:
-        payload = json.loads(out)
-    except ValueError as exc:
-        return ChildResult("bad_output", exit_code=proc.returncode, seconds=seconds, detail=str(exc))
-    if not isinstance(payload, dict) or payload.get("schema") != schema:
-        return ChildResult("bad_output", exit_code=proc.returncode, seconds=seconds,
-                           detail=f"expected schema {schema!r}")
-    return ChildResult("ok", payload=payload, exit_code=proc.returncode, seconds=seconds)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own session: this is only ours
-    except ProcessLookupError:
-        pass
-
-
-def poll_gpus(nvml: Any) -> tuple[GpuLoad, ...]:
-    """Compute processes per GPU through the probe's NVML seam (`fa4doctor.probe.nvml`)."""
-    loads = []
-    for index in range(nvml.call("nvmlDeviceGetCount")):
-        handle = nvml.call("nvmlDeviceGetHandleByIndex", index)
-        uuid = nvml.call("nvmlDeviceGetUUID", handle)
-        try:
-            processes = int(nvml.call("nvmlDeviceGetComputeRunningProcesses", handle))
-        except Exception:  # noqa: BLE001  unknown load: treated as busy by the smoke scheduler
-            processes = None
-        loads.append(GpuLoad(index, uuid, processes))
-    return tuple(loads)
-
-
-def _default_nvml() -> Any:
-    from fa4doctor.probe.nvml import PynvmlSource  # imports pynvml only: no CUDA context
-
-    return PynvmlSource()
-
-
 def _bump(pairs: tuple[tuple[str, int], ...], key: str) -> tuple[tuple[str, int], ...]:
     counts = dict(pairs)
     counts[key] = counts.get(key, 0) + 1
     return tuple(sorted(counts.items()))
 
 
-def _idle(gpus: tuple[GpuLoad, ...] | None) -> list[str]:
-    """UUIDs of the GPUs with no compute process (unknown load counts as busy)."""
-    return [g.uuid for g in gpus or () if g.compute_processes == 0 and g.uuid]
-
-
 class Daemon:
     """Runs cycles until `stop()`; `state` is always the latest complete snapshot."""
 
-    def __init__(self, config: ServeConfig, *, nvml_factory: Callable[[], Any] = _default_nvml,
+    def __init__(self, config: ServeConfig, *, nvml_factory: Callable[[], Any] = default_nvml,
                  environ: dict[str, str] | None = None, clock: Callable[[], float] = time.time):
         self.config = config
         self.state = DaemonState(started=clock())
@@ -243,7 +117,7 @@ class Daemon:
         def track(proc: subprocess.Popen) -> None:
             self._children.add(proc)
             if self._stop.is_set():
-                _kill_group(proc)
+                kill_group(proc)
 
         try:
             result = run_child(argv, timeout=timeout, schema=schema, env=env, started=track)
@@ -295,7 +169,7 @@ class Daemon:
         if self.config.smoke_level == "off":
             return None
         gpus = self.poll_nvml()  # fresh, not the probe cycle's: a job may have started since (milliseconds)
-        idle = _idle(gpus)
+        idle = idle_uuids(gpus)
         if not idle:
             reason = "nvml_unavailable" if gpus is None else "gpus_busy" if gpus else "no_gpu"
             self._update(smoke_skips=_bump(self.state.smoke_skips, reason))
@@ -358,7 +232,7 @@ class Daemon:
         idle (the loop looks again every `revet_poll` seconds)."""
         if not self.revet_due():
             return None
-        idle = _idle(self.poll_nvml())
+        idle = idle_uuids(self.poll_nvml())
         # Evidence holds per fingerprint, not per GPU: a run on the idle GPUs vets every GPU of
         # the same model, busy or not; a GPU unlike every idle one waits until it is idle itself.
         runs = {(t.backend, t.fingerprint) for t in self._targets if t.gpu.uuid in idle}
@@ -470,7 +344,7 @@ class Daemon:
         """Ask the loop to end and kill any running child's process group (signal-handler safe)."""
         self._stop.set()
         for proc in list(self._children):
-            _kill_group(proc)
+            kill_group(proc)
 
     def _shutdown_nvml(self) -> None:
         if self._nvml is not None:

@@ -8,7 +8,7 @@ blocks Prometheus, and no extra dependency; the exposition itself is still prome
 Port 9847 is the default, from the exporter range of Prometheus's default port allocations
 (https://github.com/prometheus/prometheus/wiki/Default-port-allocations, 9100-9999; docs/serve.md).
 
->>> from fa4doctor.serve.daemon import DaemonState
+>>> from fa4doctor.serve.state import DaemonState
 >>> server = make_server("127.0.0.1", 0, state=DaemonState, collector=None)
 >>> server.server_address[1] > 0
 True

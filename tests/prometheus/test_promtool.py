@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fa4doctor.serve.collector import Collector
-from fa4doctor.serve.daemon import DaemonState, GpuLoad
+from fa4doctor.serve.gpu_load import GpuLoad
+from fa4doctor.serve.state import DaemonState
 from fa4doctor.serve.revet import Vetting
 from fa4doctor.serve.server import make_server
 from tests.serve.helpers import write_counters

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fa4doctor.runtime.counter_file import INITIAL_SIZE, CounterFile, counter_key
-from fa4doctor.serve.multiproc import parse_values
+from fa4doctor.serve.file_format import parse_values
 
 KEY = counter_key("fa4doctor_dispatch_calls", "fa4doctor_dispatch_calls_total", ["backend"], ["fa4"], "h")
 # The format, pinned: used length 120, padding, then one entry (key length 87, the key and 5 spaces

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import GaugeMetricFamily
 
 from fa4doctor.serve.collector import Collector
-from fa4doctor.serve.daemon import DaemonState
+from fa4doctor.serve.state import DaemonState
 from tests.serve.helpers import check_report, write_counters
 
 

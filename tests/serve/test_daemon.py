@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fa4doctor.serve.collector import Collector
-from fa4doctor.serve.daemon import Daemon, ServeConfig, run_child
+from fa4doctor.serve.children import run_child
+from fa4doctor.serve.daemon import Daemon, ServeConfig
 from fa4doctor.probe.nvml import FakeNvml, NvmlFailure
 from tests.serve.helpers import check_report, printing, script
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from fa4doctor.serve.collector import Collector
-from fa4doctor.serve.daemon import DaemonState, GpuLoad
+from fa4doctor.serve.gpu_load import GpuLoad
+from fa4doctor.serve.state import DaemonState
 from fa4doctor.serve.server import DEFAULT_PORT
 
 yaml = pytest.importorskip("yaml")

@@ -18,10 +18,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from fa4doctor.serve import compaction, multiproc
+from fa4doctor.serve import compaction, multiproc, writer_files
 from fa4doctor.serve.collector import Collector
-from fa4doctor.serve.daemon import UNREADY_AFTER_FAILURES, Daemon, DaemonState, ServeConfig
+from fa4doctor.serve.daemon import Daemon, ServeConfig
+from fa4doctor.serve.file_format import read_file
 from fa4doctor.serve.server import make_server
+from fa4doctor.serve.state import UNREADY_AFTER_FAILURES, DaemonState
 from tests.serve.helpers import age, check_report, printing, script, write_counters
 
 CALLS_SDPA = ("fa4doctor_dispatch_calls_total", (("backend", "sdpa"),))
@@ -68,7 +70,7 @@ def test_a_fifo_in_the_metrics_dir_never_hangs_a_read(fifo_dir):
     reader = multiproc.CounterReader(fifo_dir)
     snap = bounded(lambda: reader.read(check_locks=True))
     assert totals(snap)[CALLS_SDPA] == 3 and snap.files["not_regular"] == 2
-    assert not bounded(lambda: multiproc.writer_alive(fifo_dir / "counter_x.db"))
+    assert not bounded(lambda: writer_files.writer_alive(fifo_dir / "counter_x.db"))
     reader.close()
 
 
@@ -92,7 +94,7 @@ def test_symlinks_are_never_followed(tmp_path):
     for _ in range(3):
         snap = bounded(reader.read, seconds=1.0)
         assert totals(snap)[CALLS_SDPA] == 3 and snap.files["not_regular"] == 2
-    assert "symlink" in str(pytest.raises(multiproc.NotRegularFile, multiproc.read_file, tmp_path / "counter_x.db").value)
+    assert "symlink" in str(pytest.raises(writer_files.NotRegularFile, read_file, tmp_path / "counter_x.db").value)
     reader.close()
 
 
@@ -100,7 +102,7 @@ def test_a_file_swapped_for_a_fifo_after_listing_is_skipped(tmp_path):
     """The type is checked again on the open fd (fstat), not only in the listing."""
     path = write_counters(tmp_path / "counter_1-aaaaaaaa.db", {"sdpa": 3})
     reader = multiproc.CounterReader(tmp_path)
-    listed = multiproc._entries(tmp_path)
+    listed = writer_files._entries(tmp_path)
     path.unlink()
     os.mkfifo(path)
     try:

@@ -8,8 +8,12 @@ import os
 import pytest
 from prometheus_client import CollectorRegistry
 
+from fa4doctor.runtime.counter_file import CounterFile
 from fa4doctor.runtime.counters import CALLS
 from fa4doctor.serve import compaction, multiproc
+from fa4doctor.serve.families import ABSORBED
+from fa4doctor.serve.file_format import parse_values
+from fa4doctor.serve.writer_files import ARCHIVE_NAME
 from tests.serve.helpers import LiveWriter, age, write_counters
 
 FB = ("fa4", "sdpa", "not_installed")
@@ -79,7 +83,7 @@ def test_compaction_merges_dead_writers_keeps_live_ones_and_totals(tmp_path):
         done = compaction.compact(tmp_path, grace_seconds=60)
         assert done.absorbed == 3 and done.error is None
         assert not any(p.exists() for p in dead) and live_path.exists() and young.exists()
-        assert (tmp_path / multiproc.ARCHIVE_NAME).exists()
+        assert (tmp_path / ARCHIVE_NAME).exists()
         assert (calls(tmp_path), fallbacks(tmp_path)) == before == (25.0, 8.0)
         # a second compaction (the archive itself never re-absorbed) changes nothing
         compaction.compact(tmp_path, grace_seconds=60)
@@ -91,7 +95,7 @@ def test_compaction_merges_dead_writers_keeps_live_ones_and_totals(tmp_path):
     age(young)
     assert compaction.compact(tmp_path, grace_seconds=60).absorbed == 2
     assert (calls(tmp_path), fallbacks(tmp_path)) == (25.0, 8.0)
-    assert sorted(p.name for p in tmp_path.rglob("*.db")) == [multiproc.ARCHIVE_NAME]
+    assert sorted(p.name for p in tmp_path.rglob("*.db")) == [ARCHIVE_NAME]
 
 
 def test_restarted_writer_keeps_the_counter_monotonic(tmp_path):
@@ -159,7 +163,7 @@ def test_parse_values_agrees_with_prometheus_clients_reader(tmp_path):
         out.write_value("k" * (i % 50) + str(i), float(i) * 0.5, 0.0)
     out.close()
     expected = [(k, v) for k, v, _t, _p in MmapedDict.read_all_values_from_file(str(path))]
-    assert multiproc.parse_values(path.read_bytes()) == expected and len(expected) == 3000
+    assert parse_values(path.read_bytes()) == expected and len(expected) == 3000
 
 
 def test_a_long_lived_reader_sees_in_place_updates_replacements_and_removals(tmp_path):
@@ -201,9 +205,9 @@ def test_files_that_cannot_be_deleted_are_never_counted_twice(tmp_path, monkeypa
 def test_an_archive_never_makes_the_daemon_delete_other_files(tmp_path):
     victim = tmp_path.parent / f"{tmp_path.name}-victim.txt"
     victim.write_text("precious")
-    out = multiproc.MmapedDict(str(tmp_path / multiproc.ARCHIVE_NAME))
+    out = CounterFile(str(tmp_path / ARCHIVE_NAME))
     for rel in (f"../{victim.name}", "/etc/passwd", "a/b/counter_1.db", "notes.txt"):
-        out.write_value(json.dumps([multiproc.ABSORBED, rel, {}, ""]), 1.0, 0.0)
+        out.write_value(json.dumps([ABSORBED, rel, {}, ""]), 1.0, 0.0)
     out.close()
     compaction.compact(tmp_path, grace_seconds=1)
     assert victim.read_text() == "precious"

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fa4doctor.serve import compaction, multiproc
+from fa4doctor.serve import compaction, multiproc, writer_files
 from fa4doctor.serve.daemon import Daemon, ServeConfig
 from tests.serve.helpers import age, check_report, printing, script, write_counters
 
@@ -37,8 +37,8 @@ class Reads:
 
     def __init__(self, monkeypatch):
         self.paths: list[str] = []
-        real_fd, real_file = multiproc._read_fd, multiproc.read_file
-        monkeypatch.setattr(multiproc, "_read_fd", lambda fd: (self.paths.append(f"fd{fd}"), real_fd(fd))[1])
+        real_fd, real_file = multiproc.read_fd, multiproc.read_file
+        monkeypatch.setattr(multiproc, "read_fd", lambda fd: (self.paths.append(f"fd{fd}"), real_fd(fd))[1])
         monkeypatch.setattr(multiproc, "read_file", lambda path: (self.paths.append(str(path)), real_file(path))[1])
 
 
@@ -88,7 +88,7 @@ def test_directories_are_listed_again_only_when_they_change(tmp_path, monkeypatc
     reader = multiproc.CounterReader(tmp_path)
     scans = []
     real = os.scandir
-    monkeypatch.setattr(multiproc.os, "scandir", lambda path: (scans.append(str(path)), real(path))[1])
+    monkeypatch.setattr(writer_files.os, "scandir", lambda path: (scans.append(str(path)), real(path))[1])
     reader.read()
     assert len(scans) == 2
     reader.read()

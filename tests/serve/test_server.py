@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fa4doctor.serve.collector import Collector
-from fa4doctor.serve.daemon import DaemonState
+from fa4doctor.serve.state import DaemonState
 from fa4doctor.serve.server import make_server
 from tests.serve.helpers import check_report, printing, write_counters
 
