@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -145,23 +147,57 @@ def _offsets(lengths: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
 
 
+@dataclass(frozen=True)
+class _Packing:
+    """Where one padding mask's valid tokens are, as `_padded` packs them: index tensors for the
+    gather and scatter (no host sync to use them) and the `thd` offsets and maxima."""
+
+    where_q: tuple[torch.Tensor, torch.Tensor]  # (batch, position) of each valid query
+    where_k: tuple[torch.Tensor, torch.Tensor]
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    max_q: int
+    max_k: int
+
+
+# transformers hands every layer of a forward the same mask tensor, and reading a mask syncs the host
+# with the device several times (its runs, the index tensors, the maxima): one packing per mask, kept
+# while that very tensor lives unchanged (a weak reference, and its version counter, which in-place
+# writes bump), so a later mask at a reused address or id is never read as this one.
+_PACKINGS: dict[tuple[int, int], tuple[weakref.ref, int, _Packing]] = {}
+_MAX_PACKINGS = 8  # a forward's full and sliding masks, with room
+
+
+def _packing(mask: torch.Tensor, seqlen_q: int) -> _Packing:
+    key = (id(mask), seqlen_q)
+    kept = _PACKINGS.get(key)
+    if kept is not None and kept[0]() is mask and kept[1] == mask._version:
+        return kept[2]
+    keep_k = mask.to(torch.bool)
+    keep_q = keep_k[:, -seqlen_q:]
+    if not _contiguous(keep_k):
+        raise SpecError("attention_mask", "a padding mask with holes (valid tokens must be one run per row)")
+    lens_q, lens_k = keep_q.sum(1), keep_k.sum(1)
+    packing = _Packing(keep_q.nonzero(as_tuple=True), keep_k.nonzero(as_tuple=True), _offsets(lens_q),
+                       _offsets(lens_k), int(lens_q.max()), int(lens_k.max()))
+    if len(_PACKINGS) >= _MAX_PACKINGS:
+        _PACKINGS.pop(next(iter(_PACKINGS)))
+    _PACKINGS[key] = (weakref.ref(mask), mask._version, packing)
+    return packing
+
+
 def _padded(attend, q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> torch.Tensor:
     """Valid tokens packed to `thd`, run, and put back; queries are the last seqlen_q keys."""
     if mask.dim() != 2 or mask.shape[1] != k.shape[1]:
         raise SpecError("attention_mask", f"a mask of shape {tuple(mask.shape)} for {k.shape[1]} keys; "
                         "fa4doctor reads 2D padding masks (batch, keys) only")
-    keep_k = mask.to(torch.bool)
-    keep_q = keep_k[:, -q.shape[1]:]
-    if not _contiguous(keep_k):
-        raise SpecError("attention_mask", "a padding mask with holes (valid tokens must be one run per row)")
-    lens_q, lens_k = keep_q.sum(1), keep_k.sum(1)
+    pack = _packing(mask, q.shape[1])
     out = attend(
-        q[keep_q], k[keep_k], v[keep_k], qkv_format="thd",
+        q[pack.where_q], k[pack.where_k], v[pack.where_k], qkv_format="thd",
         attn_mask_type="padding_causal_bottom_right" if causal else "padding",
-        cu_seqlens_q=_offsets(lens_q), cu_seqlens_kv=_offsets(lens_k), max_seqlen_q=int(lens_q.max()),
-        max_seqlen_kv=int(lens_k.max()), **call)
+        cu_seqlens_q=pack.cu_q, cu_seqlens_kv=pack.cu_k, max_seqlen_q=pack.max_q, max_seqlen_kv=pack.max_k, **call)
     full = out.new_zeros(q.shape[0], q.shape[1], *out.shape[1:])
-    return full.index_put((keep_q,), out)
+    return full.index_put(pack.where_q, out)
 
 
 def _attend(attend, query, key, value, mask: torch.Tensor | None, sink: torch.Tensor | None, causal: bool,

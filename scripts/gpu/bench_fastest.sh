@@ -42,46 +42,4 @@ for policy in fastest priority; do
     step "explain-d128-$policy.json" python -m fa4doctor explain --heads 32/8 --head-dim 128 --seqlen-q 8192 --mask causal --json
 done
 unset FA4DOCTOR_POLICY
-python - "$out" <<'PY' | tee -a "$out/summary.txt"
-# Per zoo shape and direction on GPU 0: the best figure of the run, what `fastest` runs (within
-# how much of the best) and what the fixed order runs (how much slower than `fastest`).
-import json, pathlib, sys
-from dataclasses import replace
-from fa4doctor.dispatch.policy import Policy
-from fa4doctor.dispatch.selection import decide
-from fa4doctor.dispatch.spec import AttentionSpec
-from fa4doctor.environment import Environment
-from fa4doctor.probe.ledger import read_ledger
-
-out = pathlib.Path(sys.argv[1])
-bench = json.loads((out / "bench.json").read_text())
-read = read_ledger(out / "ledger.json")
-env = Environment.from_json((out / "check.json").read_text()).with_ledger(read.entries, read.speed)
-gpu = bench["gpus"][0]["uuid"] if bench["gpus"] else None
-label = lambda backend, kernel: backend + (f" {kernel}" if kernel else (" (torch's choice)" if backend == "sdpa" else ""))
-print(f"{'shape':28} {'dir':7} {'best':24} {'fastest runs':24} {'of best':>8} {'priority runs':24} {'fastest gains':>13}")
-worst = 1.0
-for shape in bench["shapes"]:
-    for direction in ("fwd", "fwd_bwd"):
-        figures = {label(r["backend"], r["kernel"]): r["median_ms"] for r in bench["results"]
-                   if r["shape"] == shape["name"] and r["direction"] == direction and r["outcome"] == "pass"
-                   and r["gpu_uuid"] == gpu}
-        if not figures:
-            continue
-        spec = AttentionSpec.from_dict(shape["spec"])
-        spec = replace(spec, training=direction == "fwd_bwd")
-        picks = []
-        for policy in (Policy(order="fastest"), Policy()):
-            d = decide(spec, env, policy, 0)
-            kernel = d.sdpa_kernel if d.chosen and d.chosen.value == "sdpa" else None
-            picks.append(label(d.chosen.value, kernel) if d.chosen else "none")
-        best = min(figures, key=figures.get)
-        fast, fixed = (figures.get(p) for p in picks)
-        of_best = f"{fast / figures[best]:.3f}x" if fast else "-"
-        gain = f"{fixed / fast:.3f}x" if fast and fixed else "-"
-        if fast:
-            worst = max(worst, fast / figures[best])
-        print(f"{shape['name'][:28]:28} {direction:7} {best[:24]:24} {picks[0][:24]:24} {of_best:>8} {picks[1][:24]:24} {gain:>13}")
-print(f"fastest's pick is within {100 * (worst - 1):.1f}% of the best figure of this run for every shape "
-      "(a pick of an unvetted class falls back to the fixed order and may be further off)")
-PY
+python scripts/gpu/fastest_table.py "$out" | tee -a "$out/summary.txt"

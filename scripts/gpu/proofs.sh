@@ -5,13 +5,15 @@
 #   scripts/gpu/proofs.sh OUTDIR fastest        bench_fastest.sh (smoke + bench of the zoo, explain
 #                                               under both policies, fastest's pick against the best),
 #                                               then bench/policy_overhead.py on that ledger: ~5 min
+#   scripts/gpu/proofs.sh OUTDIR overhead       bench/policy_overhead.py on the compiled hit path
+#                                               (`fa4doctor native build` first): ~1 min
 #   scripts/gpu/proofs.sh OUTDIR transformers   scripts/gpu/transformers_models.py (transformers on
-#                                               PYTHONPATH): ~2 min
+#                                               PYTHONPATH): ~3 min
 #
 # OUTDIR/<part>.tar.gz holds everything printed (the device returns at most 8 files).
 set -uo pipefail
-out=${1:?usage: scripts/gpu/proofs.sh OUTDIR fastest|transformers}
-part=${2:?usage: scripts/gpu/proofs.sh OUTDIR fastest|transformers}
+out=${1:?usage: scripts/gpu/proofs.sh OUTDIR fastest|overhead|transformers}
+part=${2:?usage: scripts/gpu/proofs.sh OUTDIR fastest|overhead|transformers}
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/cute-cache
@@ -24,12 +26,19 @@ case $part in
             --rounds 100 --block 200 > "$work/policy-overhead.txt" 2>&1
         echo "policy_overhead: exit $?" >> "$work/summary.txt"
         ;;
+    overhead)
+        python -m fa4doctor native build > "$work/native-build.txt" 2>&1
+        echo "native build: exit $?" >> "$work/summary.txt"
+        timeout 200 python bench/policy_overhead.py --device cuda --backend fa4 --rounds 100 --block 200 \
+            > "$work/policy-overhead.txt" 2>&1
+        echo "policy_overhead: exit $?" >> "$work/summary.txt"
+        ;;
     transformers)
         FA4DOCTOR_LEDGER=$work/ledger.json timeout 500 python scripts/gpu/transformers_models.py \
             > "$work/transformers-models.txt" 2> "$work/transformers-models.stderr"
         echo "transformers_models: exit $?" >> "$work/summary.txt"
         ;;
-    *) echo "unknown part '$part' (valid: fastest, transformers)" >&2; exit 2 ;;
+    *) echo "unknown part '$part' (valid: fastest, overhead, transformers)" >&2; exit 2 ;;
 esac
 tar -czf "$out/$part.tar.gz" -C "$(dirname "$work")" "$part"
 cat "$work/summary.txt"

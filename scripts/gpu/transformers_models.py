@@ -78,8 +78,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _step_seconds(model) -> float:
+def _step_seconds(model, padded: bool = True) -> float:
     ids, mask = _batch()
+    mask = mask if padded else torch.ones_like(mask)
     for _ in range(2):  # warm-up: FA4 compiles its kernels on the first call of a shape
         model(input_ids=ids, attention_mask=mask, labels=_labels(ids, mask)).loss.backward()
     _sync()
@@ -132,6 +133,8 @@ def run(model_type: str) -> None:
     except ValueError as exc:  # transformers refuses sdpa for some architectures (gemma2, gpt_oss in 5.23)
         print(f"  sdpa not run: {str(exc).split('.')[0]}")
     print(f"  training step, bf16 (batch {BATCH} x {SEQ}): " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items()))
+    unpadded = {"fa4doctor": _step_seconds(ours, padded=False), "eager": _step_seconds(floor, padded=False)}
+    print("  the same without padding: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in unpadded.items()))
 
 
 def run_compiled(model_type: str) -> None:
@@ -152,6 +155,10 @@ def run_compiled(model_type: str) -> None:
     print(f"{model_type} under torch.compile: {explained.graph_break_count} graph breaks, {explained.graph_count} "
           f"graphs; every parameter's gradient against eager float32 {error:.2e}; first step {first:.1f} s "
           f"(compiles); training step {_step_seconds(compiled) * 1e3:.2f} ms")
+    for reason in explained.break_reasons:
+        frame = reason.user_stack[-1] if reason.user_stack else None
+        where = f" at {frame.filename.rsplit('/', 2)[-2:]}:{frame.lineno}" if frame else ""
+        print(f"  break: {reason.reason.splitlines()[0][:160]}{where}")
 
 
 def main() -> None:

@@ -255,3 +255,23 @@ def test_the_same_under_inductor(model_type, registered, float64_eager):
     """Inductor's own code for the rest of the model moves the results 6e-8 to 9e-8 from eager, exactly
     as far with `"eager"` attention compiled alike (measured on the 2-core CPU VM)."""
     _compiled_matches_eager(model_type, "inductor", registered, tolerance=1e-6)
+
+
+def test_a_mask_is_read_once_for_every_layer_and_again_after_an_in_place_write(monkeypatch):
+    """transformers gives each layer the same mask tensor: reading it (its runs, indices, maxima) waits
+    for the device, so it is read once while that tensor is unchanged, and again after a write."""
+    class Layer(torch.nn.Module):
+        layer_idx, is_causal = 0, True
+
+    reads = []
+    contiguous = fa4doctor_hf._contiguous
+    monkeypatch.setattr(fa4doctor_hf, "_contiguous", lambda keep: reads.append(1) or contiguous(keep))
+    q, k, v = (torch.randn(2, 4, 6, 8, dtype=torch.float64) for _ in range(3))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    fresh = lambda m: fa4doctor_hf.attention_forward(Layer(), q, k, v, m.clone())[0]  # noqa: E731
+    first = fa4doctor_hf.attention_forward(Layer(), q, k, v, mask)[0]
+    second = fa4doctor_hf.attention_forward(Layer(), q, k, v, mask)[0]
+    assert len(reads) == 1 and torch.equal(first, second)
+    mask[0, 1] = True  # in place: one more valid token in row 0
+    moved = fa4doctor_hf.attention_forward(Layer(), q, k, v, mask)[0]
+    assert len(reads) == 2 and torch.equal(moved, fresh(mask)) and not torch.equal(moved, first)

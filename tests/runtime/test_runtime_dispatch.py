@@ -189,3 +189,38 @@ def test_fa4_chosen_on_a_gpu_environment_runs_the_fa4_adapter(fakes, monkeypatch
     out = plan.run(q, k, v)
     assert fakes[-1]["backend"] == "fa4" and fakes[-1]["kwargs"]["causal"] is True
     assert rel_err(out, reference(q, k, v, mask="causal_bottom_right")) < 2e-2
+
+
+def _packed(lengths):
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    q, k, v = (torch.randn(offsets[-1], 2, 8) for _ in range(3))
+    return q, k, v, torch.tensor(offsets, dtype=torch.int32)
+
+
+def _varlen(q, k, v, cu):
+    return attention(q, k, v, qkv_format="thd", attn_mask_type="padding_causal", cu_seqlens_q=cu, cu_seqlens_kv=cu)
+
+
+def test_offsets_are_read_once_per_tensor_and_again_after_an_in_place_write(monkeypatch):
+    """A step passes every layer the same cu_seqlens: its offsets are copied to the host once. An
+    in-place write (the version counter) or another tensor at the same id is read afresh."""
+    from fa4doctor.runtime import inputs
+
+    reads = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.numel()) or real(t))
+    q, k, v, cu = _packed([3, 5])
+    first = _varlen(q, k, v, cu)
+    assert torch.equal(_varlen(q, k, v, cu), first) and len(reads) == 1
+    cu[1] = 4  # lengths 4 and 4 now: the same tokens, split elsewhere
+    moved = _varlen(q, k, v, cu)
+    assert len(reads) == 2
+    want = reference(q, k, v, mask="padding_causal", cu_q=cu, cu_kv=cu, qkv_format="thd")
+    assert rel_err(moved, want) < 1e-5 and not torch.allclose(moved, first)
+    reads.clear()
+    del cu
+    other = torch.tensor([0, 8], dtype=torch.int32)  # may take the freed id: never read as the old one
+    _varlen(q, k, v, other)
+    assert len(reads) == 1 and len(inputs._READ_OFFSETS) <= inputs._MAX_READ_OFFSETS
