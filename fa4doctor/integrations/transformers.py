@@ -37,6 +37,7 @@ eager path, so the graph does not break per layer and the dispatcher still decid
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import weakref
 from dataclasses import dataclass
@@ -66,13 +67,19 @@ class AttentionRefused(ValueError):
                          "rather than changed (attn_implementation=\"eager\" runs it)")
 
 
+# An import inside a function torch.compile traces breaks the graph ("Bad import result": the H100,
+# torch 2.11, docs/validation/h100-b40/transformers/), so `register` keeps the module for the traced path.
+_masking_utils = None
+
+
 def register(name: str = NAME) -> str:
     """Register the attention function and its mask function with transformers under `name`."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    global _masking_utils
+    from transformers import AttentionInterface, masking_utils
 
+    _masking_utils = masking_utils
     AttentionInterface.register(name, attention_forward)
-    AttentionMaskInterface.register(name, padding_mask)
+    masking_utils.AttentionMaskInterface.register(name, padding_mask)
     return name
 
 
@@ -80,8 +87,7 @@ def _check_pattern(mask_function, use_vmap: bool) -> None:
     """Plain causal, causal with a sliding window, or bidirectional: the patterns a padding mask plus
     `attn_mask_type`/`window_size` say exactly (masking_utils.py:72-97, 130-134). Packed-sequence,
     chunked, blockwise and model-specific overlays wrap these and are refused."""
-    from transformers import masking_utils as mu
-
+    mu = _masking_utils or importlib.import_module("transformers.masking_utils")
     if not use_vmap and (mask_function is None
                          or mask_function in (mu.causal_mask_function, mu.bidirectional_mask_function)):
         return

@@ -161,6 +161,22 @@ def run_compiled(model_type: str) -> None:
         print(f"  break: {reason.reason.splitlines()[0][:160]}{where}")
 
 
+def profile_padded(model_type: str) -> None:
+    """Where a padded training step's host time goes (the dispatcher's varlen path against sdpa)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    reference = _model(model_type, "eager", torch.float32)
+    for implementation in ("fa4doctor", "sdpa"):
+        model = _model(model_type, implementation, torch.bfloat16, like=reference)
+        _step_seconds(model)
+        ids, mask = _batch()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            model(input_ids=ids, attention_mask=mask, labels=_labels(ids, mask)).loss.backward()
+            _sync()
+        print(f"{model_type} {implementation}, one padded training step, by self CPU time:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+
+
 def main() -> None:
     import transformers
 
@@ -176,9 +192,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, flash-attn-4 {fa4}, "
           f"{torch.cuda.get_device_name() if DEVICE == 'cuda' else 'CPU'}; batch {BATCH} x {SEQ} tokens, row 0 left-padded by {SEQ // 4}, "
           f"row 1 right-padded by {SEQ // 8}")
-    for model_type in MODELS:
+    import os
+
+    parts = os.environ.get("PARTS", "models,compiled,profile").split(",")
+    for model_type in MODELS if "models" in parts else ():
         run(model_type)
-    run_compiled("llama")
+    if "compiled" in parts:
+        run_compiled("llama")
+    if "profile" in parts and DEVICE == "cuda":
+        profile_padded("llama")
 
 
 if __name__ == "__main__":
