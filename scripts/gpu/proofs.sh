@@ -37,6 +37,8 @@ case $part in
         FA4DOCTOR_LEDGER=$work/ledger.json timeout 500 python scripts/gpu/transformers_models.py \
             > "$work/transformers-models.txt" 2> "$work/transformers-models.stderr"
         echo "transformers_models: exit $?" >> "$work/summary.txt"
+        timeout 60 python scripts/gpu/padded_gather.py > "$work/padded-gather.txt" 2>&1
+        echo "padded_gather: exit $?" >> "$work/summary.txt"
         ;;
     *) echo "unknown part '$part' (valid: fastest, overhead, transformers)" >&2; exit 2 ;;
 esac
