@@ -8,12 +8,14 @@
 #   scripts/gpu/proofs.sh OUTDIR overhead       bench/policy_overhead.py on the compiled hit path
 #                                               (`fa4doctor native build` first): ~1 min
 #   scripts/gpu/proofs.sh OUTDIR transformers   scripts/gpu/transformers_models.py (transformers on
-#                                               PYTHONPATH): ~3 min
+#                                               PYTHONPATH), scripts/gpu/padded_gather.py: ~3 min
+#   scripts/gpu/proofs.sh OUTDIR check          scripts/gpu/check_cold.sh: check cold and warm against
+#                                               collect_env: ~2 min
 #
 # OUTDIR/<part>.tar.gz holds everything printed (the device returns at most 8 files).
 set -uo pipefail
-out=${1:?usage: scripts/gpu/proofs.sh OUTDIR fastest|overhead|transformers}
-part=${2:?usage: scripts/gpu/proofs.sh OUTDIR fastest|overhead|transformers}
+out=${1:?usage: scripts/gpu/proofs.sh OUTDIR fastest|overhead|transformers|check}
+part=${2:?usage: scripts/gpu/proofs.sh OUTDIR fastest|overhead|transformers|check}
 cd "$(dirname "$0")/../.."
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1 FLASH_ATTENTION_CUTE_DSL_CACHE_DIR=/tmp/cute-cache
@@ -40,7 +42,11 @@ case $part in
         timeout 60 python scripts/gpu/padded_gather.py > "$work/padded-gather.txt" 2>&1
         echo "padded_gather: exit $?" >> "$work/summary.txt"
         ;;
-    *) echo "unknown part '$part' (valid: fastest, overhead, transformers)" >&2; exit 2 ;;
+    check)
+        timeout 300 bash scripts/gpu/check_cold.sh 3 > "$work/check-cold.txt" 2>&1
+        echo "check_cold: exit $?" >> "$work/summary.txt"
+        ;;
+    *) echo "unknown part '$part' (valid: fastest, overhead, transformers, check)" >&2; exit 2 ;;
 esac
 tar -czf "$out/$part.tar.gz" -C "$(dirname "$work")" "$part"
 cat "$work/summary.txt"
