@@ -195,16 +195,7 @@ def mappings_rss(pid: int, top: int = 8) -> list[tuple[str, float]]:
 def make_writer_files(metrics: Path, writers: int) -> list[int]:
     """One file per writer in 8 container subdirectories, each locked as its live writer does
     (one flock per open file description, so one process can stand in for all 64)."""
-    locks = []
-    for i in range(writers):
-        pod = metrics / f"pod-{i % 8}"
-        pod.mkdir(parents=True, exist_ok=True)
-        path = pod / f"counter_{1000 + i}-{i:08x}.db"
-        write_writer_file(path, i)
-        fd = os.open(path, os.O_RDONLY)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        locks.append(fd)
-    return locks
+    return make_scaling_files(metrics, writers, live=writers)
 
 
 def start_daemon(work: Path, metrics: Path, extra: tuple[str, ...] = ()) -> tuple[int, subprocess.Popen]:

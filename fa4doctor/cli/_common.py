@@ -8,6 +8,8 @@ traceback unless `FA4DOCTOR_DEBUG=1`.
 from __future__ import annotations
 
 import functools
+import importlib
+import json
 import os
 import sys
 import time
@@ -18,7 +20,7 @@ import click
 from fa4doctor.exit_codes import EXIT_OK, EXIT_PROBLEMS, EXIT_TOOL_FAILED, EXIT_USAGE
 
 __all__ = ["BACKENDS", "EXIT_OK", "EXIT_PROBLEMS", "EXIT_TOOL_FAILED", "EXIT_USAGE", "SMOKE_LEVELS",
-           "handle_errors", "load_env_option", "load_ledger_file", "load_ledger_option", "progress_printer",
+           "finish_report", "handle_errors", "load_env_option", "load_ledger_file", "load_ledger_option", "progress_printer",
            "usage_errors"]
 
 # The levels of fa4doctor.smoke.cases.LEVELS and the values of dispatch.reasons.BackendName,
@@ -67,6 +69,18 @@ def load_ledger_file(path, speed: bool = False):
     if problem:
         raise click.BadParameter(problem, param_hint="--ledger")
     return read
+
+
+def finish_report(report: Any, as_json: bool, view: str) -> None:
+    """Print a smoke or bench report as JSON or through `view` ("module:function", imported only
+    here), then exit 0 when it is healthy and 3 when it is not."""
+    plain = report.to_plain()
+    if as_json:
+        click.echo(json.dumps(plain, indent=2))
+    else:
+        module, function = view.split(":")
+        getattr(importlib.import_module(module), function)(plain)
+    raise SystemExit(EXIT_OK if report.healthy else EXIT_PROBLEMS)
 
 
 def handle_errors(function: F) -> F:

@@ -5,15 +5,14 @@ default specs, a model zoo and your own specs, and record the figures in the vet
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
 
 import click
 
-from fa4doctor.cli._common import (BACKENDS, EXIT_OK, EXIT_PROBLEMS, handle_errors, load_env_option, load_ledger_file,
-                                   progress_printer)
+from fa4doctor.cli._common import (BACKENDS, EXIT_PROBLEMS, finish_report, handle_errors, load_env_option,
+                                   load_ledger_file, progress_printer)
 
 # The zoo's names (fa4doctor/smoke/zoo.py ZOO_NAMES), repeated so `--help` imports nothing heavy
 # (tests/cli/test_bench_cli.py holds them equal).
@@ -121,10 +120,4 @@ def bench(zoo, seqlens, default_specs, spec_file, model_path, backends, gpus, wa
     except BenchRefused as exc:
         click.echo(f"fa4doctor bench: {exc}", err=True)
         raise SystemExit(EXIT_PROBLEMS) from None
-    plain = report.to_plain()
-    if as_json:
-        click.echo(json.dumps(plain, indent=2))
-    else:
-        from fa4doctor.exporters.bench_view import render_bench
-        render_bench(plain)
-    raise SystemExit(EXIT_OK if report.healthy else EXIT_PROBLEMS)
+    finish_report(report, as_json, "fa4doctor.exporters.bench_view:render_bench")

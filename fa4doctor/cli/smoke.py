@@ -4,12 +4,11 @@ float64, and record the outcomes in the vetting ledger the dispatcher reads."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import click
 
-from fa4doctor.cli._common import (BACKENDS, EXIT_OK, EXIT_PROBLEMS, SMOKE_LEVELS, handle_errors, load_env_option,
+from fa4doctor.cli._common import (BACKENDS, SMOKE_LEVELS, finish_report, handle_errors, load_env_option,
                                    load_ledger_option, progress_printer)
 
 EPILOG = """\b
@@ -79,11 +78,5 @@ def smoke(level, backends, gpus, spec_file, model_path, head_dims, timeout, jobs
                            gpus=list(gpus) or None, extra_specs=extra, head_dims=dims, timeout=timeout,
                            jobs=jobs, progress=progress, ledger_path=ledger, record=not no_record,
                            device=device)
-    plain = report.to_plain()
-    if as_json:
-        click.echo(json.dumps(plain, indent=2))
-    else:
-        from fa4doctor.exporters.smoke_view import render_smoke
-        render_smoke(plain)
-    raise SystemExit(EXIT_OK if report.healthy else EXIT_PROBLEMS)
+    finish_report(report, as_json, "fa4doctor.exporters.smoke_view:render_smoke")
 

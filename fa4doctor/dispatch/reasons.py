@@ -72,6 +72,18 @@ class Reason:
 Reasons = tuple[Reason, ...]
 
 
+def kernel_label(backend: str, kernel: str | None) -> str:
+    """How a speed figure is named everywhere (bench, explain, the report): `fa4`, `sdpa cudnn`, or
+    `sdpa (torch's choice)` for SDPA left to pick its own kernel.
+
+    >>> kernel_label("sdpa", None), kernel_label("sdpa", "cudnn"), kernel_label("fa4", None)
+    ("sdpa (torch's choice)", 'sdpa cudnn', 'fa4')
+    """
+    if kernel:
+        return f"{backend} {kernel}"
+    return backend + (" (torch's choice)" if backend == BackendName.SDPA.value else "")
+
+
 @dataclass(frozen=True, slots=True)
 class Measured:
     """One figure behind a `fastest` decision: a backend's (or one SDPA kernel's) median time for
@@ -87,10 +99,7 @@ class Measured:
 
     @property
     def label(self) -> str:
-        """`fa4`, `sdpa (torch's choice)` or `sdpa cudnn`."""
-        if self.kernel is not None:
-            return f"{self.backend.value} {self.kernel}"
-        return self.backend.value + (" (torch's choice)" if self.backend is BackendName.SDPA else "")
+        return kernel_label(self.backend.value, self.kernel)
 
 
 @dataclass(frozen=True, slots=True)

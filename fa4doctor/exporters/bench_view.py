@@ -17,14 +17,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fa4doctor.dispatch.reasons import kernel_label
+
 DIRECTIONS = (("fwd", "forward"), ("fwd_bwd", "forward+backward"))
 
 
 def _label(result: dict) -> str:
-    kernel = result.get("kernel")
-    if kernel:
-        return f"{result['backend']} {kernel}"
-    return result["backend"] + (" (torch's choice)" if result["backend"] == "sdpa" else "")
+    return kernel_label(result["backend"], result.get("kernel"))
 
 
 def rows(plain: dict, shape: str) -> list[tuple[str, dict]]:

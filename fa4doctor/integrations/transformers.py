@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +47,7 @@ import torch
 from fa4doctor.dispatch.spec import SpecError
 from fa4doctor.names import DispatchError
 from fa4doctor.runtime import dispatcher
+from fa4doctor.runtime.tensor_memo import TensorMemo
 
 NAME = "fa4doctor"
 # Keywords some transformers models pass that change what attention computes and that the dispatcher
@@ -166,19 +166,15 @@ class _Packing:
     max_k: int
 
 
-# transformers hands every layer of a forward the same mask tensor, and reading a mask syncs the host
-# with the device several times (its runs, the index tensors, the maxima): one packing per mask, kept
-# while that very tensor lives unchanged (a weak reference, and its version counter, which in-place
-# writes bump), so a later mask at a reused address or id is never read as this one.
-_PACKINGS: dict[tuple[int, int], tuple[weakref.ref, int, _Packing]] = {}
-_MAX_PACKINGS = 8  # a forward's full and sliding masks, with room
+# transformers hands every layer of a forward the same mask tensor, and reading a mask waits for the
+# device several times (its runs, the index tensors, the maxima): one packing per mask.
+_PACKINGS = TensorMemo(limit=8)  # a forward's full and sliding masks, with room
 
 
 def _packing(mask: torch.Tensor, seqlen_q: int) -> _Packing:
-    key = (id(mask), seqlen_q)
-    kept = _PACKINGS.get(key)
-    if kept is not None and kept[0]() is mask and kept[1] == mask._version:
-        return kept[2]
+    kept = _PACKINGS.get(mask, seqlen_q)
+    if kept is not None:
+        return kept
     keep_k = mask.to(torch.bool)
     keep_q = keep_k[:, -seqlen_q:]
     if not _contiguous(keep_k):
@@ -186,10 +182,7 @@ def _packing(mask: torch.Tensor, seqlen_q: int) -> _Packing:
     lens_q, lens_k = keep_q.sum(1), keep_k.sum(1)
     packing = _Packing(keep_q.nonzero(as_tuple=True), keep_k.nonzero(as_tuple=True), _offsets(lens_q),
                        _offsets(lens_k), int(lens_q.max()), int(lens_k.max()))
-    if len(_PACKINGS) >= _MAX_PACKINGS:
-        _PACKINGS.pop(next(iter(_PACKINGS)))
-    _PACKINGS[key] = (weakref.ref(mask), mask._version, packing)
-    return packing
+    return _PACKINGS.put(mask, packing, seqlen_q)
 
 
 def _padded(attend, q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> torch.Tensor:

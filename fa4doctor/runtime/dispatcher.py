@@ -270,8 +270,7 @@ def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:
     """
     name = BackendName.parse(backend, "backend")
     prepared = inputs.prepare(q, k, v, **kwargs)
-    run = adapter(name).bind(prepared.spec, prepared.scale)
-    return _execute(run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
+    return _run_prepared(adapter(name).bind(prepared.spec, prepared.scale), prepared, q, k, v, kwargs)
 
 
 def recompute(q, k, v, **kwargs) -> torch.Tensor:
@@ -286,8 +285,11 @@ def recompute(q, k, v, **kwargs) -> torch.Tensor:
     True
     """
     prepared = inputs.prepare(q, k, v, **kwargs)
-    plan = _class_plan(prepared)
-    return _execute(plan.run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
+    return _run_prepared(_class_plan(prepared).run, prepared, q, k, v, kwargs)
+
+
+def _run_prepared(run, prepared: inputs.Prepared, q, k, v, kwargs: dict) -> torch.Tensor:
+    return _execute(run, q, k, v, prepared.varlen, kwargs.get("alibi_slopes"), kwargs.get("learnable_sink"))
 
 
 def _forget_native() -> None:

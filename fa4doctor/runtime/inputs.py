@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import weakref
 from dataclasses import dataclass
 from numbers import Real
 
 import torch
 
 from fa4doctor.dispatch.spec import AttentionSpec, Dtype, MaskType, QkvFormat, SpecError
+from fa4doctor.runtime.tensor_memo import TensorMemo
 
 DTYPES = {torch.float16: Dtype.FP16, torch.bfloat16: Dtype.BF16, torch.float32: Dtype.FP32,
           torch.float64: Dtype.FP64}
@@ -104,12 +104,9 @@ def _window(window_size: object) -> tuple[int, int]:
     return (int(window_size[0]), int(window_size[1]))
 
 
-# Reading offsets copies them to the host and waits for the device. A job passes every layer of a step
-# the same cu_seqlens tensors (packed sequences, transformers' padding), so the last few read are
-# kept while that very tensor lives unchanged: a weak reference (a new tensor at a reused id is never
-# taken for it) and its version counter, which every in-place write through torch bumps.
-_READ_OFFSETS: dict[int, tuple[weakref.ref, int, list[int]]] = {}
-_MAX_READ_OFFSETS = 16
+# Reading offsets copies them to the host and waits for the device; a job passes every layer of a
+# step the same cu_seqlens tensors (packed sequences, transformers' padding).
+_READ_OFFSETS = TensorMemo(limit=16)
 
 
 def _offsets(name: str, cu: object, q: torch.Tensor) -> list[int]:
@@ -120,16 +117,13 @@ def _offsets(name: str, cu: object, q: torch.Tensor) -> list[int]:
         raise SpecError(name, f"must be 1-D with batch + 1 offsets, got shape {tuple(cu.shape)}")
     if cu.device != q.device:
         raise SpecError(name, f"device {cu.device} differs from q's {q.device}")
-    kept = _READ_OFFSETS.get(id(cu))
-    if kept is not None and kept[0]() is cu and kept[1] == cu._version:
-        return kept[2]
+    offsets = _READ_OFFSETS.get(cu)
+    if offsets is not None:
+        return offsets
     offsets = cu.tolist()
     if offsets[0] != 0 or any(b < a for a, b in zip(offsets, offsets[1:])):
         raise SpecError(name, f"must start at 0 and never decrease, got {offsets[:8]}{'...' if len(offsets) > 8 else ''}")
-    if len(_READ_OFFSETS) >= _MAX_READ_OFFSETS:
-        _READ_OFFSETS.pop(next(iter(_READ_OFFSETS)))
-    _READ_OFFSETS[id(cu)] = (weakref.ref(cu), cu._version, offsets)
-    return offsets
+    return _READ_OFFSETS.put(cu, offsets)
 
 
 def _max_seqlen(name: str, value: object, lengths: list[int]) -> int:

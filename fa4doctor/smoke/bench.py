@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from fa4doctor.dispatch.backends import BY_NAME, PRIORITY
+from fa4doctor.dispatch.reasons import kernel_label
 from fa4doctor.dispatch.speed import FWD, FWD_BWD, shape_class
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.vetting import fingerprint
@@ -77,9 +78,7 @@ class BenchResult:
 
     @property
     def label(self) -> str:
-        if self.kernel:
-            return f"{self.backend} {self.kernel}"
-        return self.backend + (" (torch's choice)" if self.backend == "sdpa" else "")
+        return kernel_label(self.backend, self.kernel)
 
     @property
     def case(self) -> str:

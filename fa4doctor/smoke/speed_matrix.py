@@ -5,8 +5,8 @@ is what `FA4DOCTOR_POLICY=fastest` runs (`dispatch/speed.py`, through `decide`),
 ledger has speed records to choose by.
 
 >>> from fa4doctor.environment import Environment
->>> speed_from_ledger(Environment()).rows, column_label("sdpa", None)
-((), "sdpa (torch's choice)")
+>>> speed_from_ledger(Environment()).rows
+()
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fa4doctor.dispatch.policy import FASTEST, Policy
+from fa4doctor.dispatch.reasons import kernel_label
 from fa4doctor.dispatch.report import judged_gpus
 from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec, SpecError
@@ -29,13 +30,6 @@ from fa4doctor.smoke.matrix import class_spec
 from fa4doctor.smoke.zoo import BenchShape
 
 COLUMNS = ("fa4", "fa3", "fa2", "sdpa (torch's choice)", "sdpa cudnn", "sdpa flash", "sdpa efficient")
-
-
-def column_label(backend: str, kernel: str | None) -> str:
-    """`fa4`, `sdpa (torch's choice)` or `sdpa cudnn`, as `fa4doctor bench` names a case."""
-    if kernel:
-        return f"{backend} {kernel}"
-    return backend + (" (torch's choice)" if backend == "sdpa" else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +140,7 @@ class _Measure:
 
 def speed_from_bench(bench: BenchFile, env: Environment, policy: Policy = Policy()) -> SpeedMatrix:
     """The speed matrix of a bench report (`skipped`, the backward of a failed forward, left out)."""
-    measures = [_Measure(r.shape, r.direction, column_label(r.backend, r.kernel), r.outcome, r.median_ms, r.tflops,
+    measures = [_Measure(r.shape, r.direction, kernel_label(r.backend, r.kernel), r.outcome, r.median_ms, r.tflops,
                          r.detail) for r in bench.results if r.outcome != "skipped"]
     specs = {s.name: s.spec for s in bench.shapes}
     return _speed(f"bench report {bench.path}", measures, specs, {s.name: s.batch for s in bench.shapes},
@@ -163,7 +157,7 @@ def speed_from_ledger(env: Environment, policy: Policy = Policy()) -> SpeedMatri
         if gpu is not None and e.fingerprint == prints.setdefault(
                 (e.backend, gpu.uuid), fingerprint(e.backend, env, gpu)):
             current.append(e)
-    measures = [_Measure(e.case, e.direction, column_label(e.backend.value, e.kernel), "pass", e.median_ms, e.tflops)
+    measures = [_Measure(e.case, e.direction, kernel_label(e.backend.value, e.kernel), "pass", e.median_ms, e.tflops)
                 for e in current]
     specs = {e.case: _shape_spec(e.shape_class) for e in current}
     left = len(env.speed) - len(current)
@@ -215,5 +209,5 @@ def _fastest(spec: AttentionSpec | None, way: str, env: Environment, policy: Pol
     chosen = decision.chosen
     if chosen is None:
         return FastestPick(None, False)
-    label = column_label(chosen.value, decision.sdpa_kernel)
+    label = kernel_label(chosen.value, decision.sdpa_kernel)
     return FastestPick(label, any(m.backend is chosen and m.vetted for m in decision.measured))

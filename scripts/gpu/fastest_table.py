@@ -18,6 +18,7 @@ import sys
 from dataclasses import replace
 
 from fa4doctor.dispatch.policy import Policy
+from fa4doctor.dispatch.reasons import kernel_label
 from fa4doctor.dispatch.selection import decide
 from fa4doctor.dispatch.spec import AttentionSpec
 from fa4doctor.dispatch.speed import vetted
@@ -27,15 +28,11 @@ from fa4doctor.probe.ledger import read_ledger
 from fa4doctor.smoke.zoo import ZOO_NAMES
 
 
-def _label(backend: str, kernel: str | None) -> str:
-    return backend + (f" {kernel}" if kernel else (" (torch's choice)" if backend == "sdpa" else ""))
-
-
 def _pick(spec: AttentionSpec, env: Environment, policy: Policy) -> str:
     d = decide(spec, env, policy, 0)
     if d.chosen is None:
         return "none"
-    return _label(d.chosen.value, d.sdpa_kernel if d.chosen is BackendName.SDPA else None)
+    return kernel_label(d.chosen.value, d.sdpa_kernel if d.chosen is BackendName.SDPA else None)
 
 
 def rows(out: pathlib.Path):
@@ -45,7 +42,7 @@ def rows(out: pathlib.Path):
     gpu = bench["gpus"][0]["uuid"]
     for shape in bench["shapes"]:
         for direction in ("fwd", "fwd_bwd"):
-            figures = {_label(r["backend"], r["kernel"]): r["median_ms"] for r in bench["results"]
+            figures = {kernel_label(r["backend"], r["kernel"]): r["median_ms"] for r in bench["results"]
                        if r["shape"] == shape["name"] and r["direction"] == direction and r["outcome"] == "pass"
                        and r["gpu_uuid"] == gpu}
             if not figures:
