@@ -276,7 +276,7 @@ def call_backend(backend, q, k, v, **kwargs) -> torch.Tensor:
 def recompute(q, k, v, **kwargs) -> torch.Tensor:
     """`attention()` again for a call it has already counted: validated again, run by its class's
     plan (the same decision, so the same backend and SDPA kernels), and not counted. For a backward
-    pass that recomputes its forward to take gradients (`integrations/transformers.py` under
+    pass that recomputes its forward to take gradients (`integrations/transformers_ops.py` under
     torch.compile), so a call is counted once, as in eager mode.
 
     >>> import torch

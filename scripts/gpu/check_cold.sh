@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `fa4doctor check --json` cold (its import cache empty: a node's first check) and warm (the cache
 # filled), against `python -m torch.utils.collect_env`, alternating A B A B, wall seconds each
-# (issue 14). On a GPU node with FA4 installed a cold check imports torch and FA4 once, in one child.
+# (issue 14). On a GPU node with FA4 installed a cold check imports torch and FA4 once, in one child,
+# so the floor of a cold check that proves imports is printed beside it: a bare `import torch` and
+# a bare `import flash_attn.cute` (which imports torch).
 #
 #   scripts/gpu/check_cold.sh [PAIRS]      (default 3)
 set -uo pipefail
@@ -15,6 +17,8 @@ for i in $(seq "$pairs"); do
     a=$(XDG_CACHE_HOME=$cold wall python -m fa4doctor check --json)
     b=$(wall python -m torch.utils.collect_env)
     c=$(XDG_CACHE_HOME=$warm wall python -m fa4doctor check --json)
-    echo "pair $i: check cold ${a} s, collect_env ${b} s, check warm ${c} s"
+    t=$(wall python -c "import torch")
+    f=$(wall python -c "import flash_attn.cute")
+    echo "pair $i: check cold ${a} s, collect_env ${b} s, check warm ${c} s, import torch ${t} s, import flash_attn.cute ${f} s"
     rm -rf "$cold"
 done

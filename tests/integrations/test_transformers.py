@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from fa4doctor.integrations import transformers as fa4doctor_hf  # noqa: E402
+from fa4doctor.integrations import transformers as fa4doctor_hf, transformers_calls  # noqa: E402
 from fa4doctor.runtime import counters as metrics, dispatcher  # noqa: E402
 
 TINY = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=128,
@@ -223,7 +223,7 @@ def _compiled_matches_eager(model_type: str, backend: str, registry, tolerance: 
 @pytest.mark.parametrize("model_type", sorted(MODELS))
 def test_the_same_under_torch_compile(model_type, registered, float64_eager):
     """Dynamo and AOTAutograd over the whole model, forward and backward, in float64. Each attention
-    call is one op in the graph (fa4doctor/integrations/transformers.py `_compiled`), run and counted by
+    call is one op in the graph (fa4doctor/integrations/transformers_ops.py `compiled`), run and counted by
     the dispatcher; its backward recomputes it uncounted."""
     _compiled_matches_eager(model_type, "aot_eager", registered)
 
@@ -243,7 +243,7 @@ def test_dropout_under_torch_compile_runs_outside_the_graph(registered):
     assert _max_error(found[1], found[0]) < TOLERANCE[torch.float64]
     assert registered.get_sample_value("fa4doctor_dispatch_calls_total", {"backend": "sdpa"}) == 4
     breaks = _graph_breaks()
-    assert breaks and all("_outside_graph" in reason for reason in breaks), breaks
+    assert breaks and all("function outside_graph" in reason for reason in breaks), breaks
 
 
 @pytest.mark.slow
@@ -264,8 +264,8 @@ def test_a_mask_is_read_once_for_every_layer_and_again_after_an_in_place_write(m
         layer_idx, is_causal = 0, True
 
     reads = []
-    contiguous = fa4doctor_hf._contiguous
-    monkeypatch.setattr(fa4doctor_hf, "_contiguous", lambda keep: reads.append(1) or contiguous(keep))
+    contiguous = transformers_calls._contiguous
+    monkeypatch.setattr(transformers_calls, "_contiguous", lambda keep: reads.append(1) or contiguous(keep))
     q, k, v = (torch.randn(2, 4, 6, 8, dtype=torch.float64) for _ in range(3))
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)
     fresh = lambda m: fa4doctor_hf.attention_forward(Layer(), q, k, v, m.clone())[0]  # noqa: E731
