@@ -15,26 +15,34 @@ fa4doctor's bytecode is compiled first, as `pip install` does (`--no-compile` le
 
     python bench/check_speed.py --runs 15
     python bench/check_speed.py --runs 15 --against /tmp/fa4doctor-before
+    python bench/check_speed.py --cold 7        (issue 14: cold and warm against collect_env)
+
+`--cold ROUNDS` times only issue 14's row: check with an empty import cache (a node's first check)
+and a filled one, collect_env, and the bare imports a cold check must prove (`import torch`, and
+`import flash_attn.cute` where FA4 is installed), each once per round in turn.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 TARGET_SECONDS, TARGET_MIB, TARGET_SPEEDUP = 0.3, 60.0, 10.0
+TARGET_COLD = 5.0  # issue 14: a cold check (empty import cache) against collect_env
 CHECK = [sys.executable, "-m", "fa4doctor", "check", "--json"]
 
 
-def measure(command: list[str], cwd: str | None = None) -> tuple[float, float, int]:
+def measure(command: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> tuple[float, float, int]:
     """Wall seconds, peak RSS in MiB (this process alone, from wait4) and exit status of one run."""
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd, env=env)
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
@@ -187,6 +195,47 @@ def compare(other: str, runs: int, compiled: bool) -> None:
           f"difference {theirs - mine:+.3f} s")
 
 
+def _floors() -> dict[str, list[str]]:
+    """What a check that proves its imports cannot beat: importing them. `import flash_attn.cute`
+    (which imports torch) where FA4 is installed."""
+    floors = {"import torch": [sys.executable, "-c", "import torch"]}
+    try:
+        importlib.metadata.distribution("flash-attn-4")
+        floors["import flash_attn.cute"] = [sys.executable, "-c", "import flash_attn.cute"]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return floors
+
+
+def cold_and_warm(rounds: int) -> None:
+    """Issue 14's row: `check` with its import cache empty (a node's first check: a fresh
+    XDG_CACHE_HOME each run) and filled, against collect_env and against the bare imports a cold
+    check must prove, all in turn in every round (so all see the same load); medians, and the
+    ratios as medians of each round's."""
+    commands = {"check, cold": CHECK, "check, warm": CHECK, "collect_env": [sys.executable, "-m", "torch.utils.collect_env"],
+                **_floors()}
+    with tempfile.TemporaryDirectory() as warm, tempfile.TemporaryDirectory() as scratch:
+        envs = {name: dict(os.environ) for name in commands}
+        envs["check, warm"]["XDG_CACHE_HOME"] = warm
+        measure(CHECK, env=envs["check, warm"])  # fills the warm cache
+        seen: dict[str, list[float]] = {name: [] for name in commands}
+        for round_ in range(rounds):
+            envs["check, cold"]["XDG_CACHE_HOME"] = os.path.join(scratch, str(round_))
+            for name, command in commands.items():
+                seen[name].append(measure(command, env=envs[name])[0])
+    print(f"cold and warm check ({rounds} rounds, every command once per round, in this order):")
+    for name, walls in seen.items():
+        print(f"  {name:<24} median {statistics.median(walls):.3f} s  (min {min(walls):.3f}, max {max(walls):.3f})")
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(seen[a], seen[b]))  # noqa: E731
+    for which, target in (("cold", TARGET_COLD), ("warm", TARGET_SPEEDUP)):
+        speedup = ratio("collect_env", f"check, {which}")
+        print(f"  collect_env / check {which}: {speedup:.2f}x (issue 14: >= {target:.0f}x, "
+              f"{'met' if speedup >= target else 'MISSED'})")
+    for floor in _floors():
+        print(f"  check cold / {floor}: {ratio('check, cold', floor):.2f}x "
+              "(what proving the imports costs beyond the imports themselves)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs of fa4doctor check --json")
@@ -195,16 +244,19 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true", help="do not run collect_env")
     parser.add_argument("--no-compile", action="store_true", help="time fa4doctor without compiling its bytecode")
     parser.add_argument("--against", metavar="CHECKOUT", help="also time another checkout's check, alternately")
+    parser.add_argument("--cold", type=int, metavar="ROUNDS", default=0,
+                        help="only time check cold and warm against collect_env and the bare imports, ROUNDS rounds")
     parser.add_argument("--nvml-profile", action="store_true", help=argparse.SUPPRESS)  # the child's entry
     args = parser.parse_args()
     if args.nvml_profile:
         return nvml_profile()
+    if args.cold:
+        compile_package()
+        return cold_and_warm(args.cold)
     baseline = [sys.executable, "-m", "torch.utils.collect_env"]
     compiled = not args.no_compile and compile_package()
     measure(CHECK)  # warm-up: fills the import cache, as any earlier check on the node would have
     check_s, check_mib, check_rc = series(CHECK, args.runs)
-    import importlib.metadata
-
     dists = sum(1 for _ in importlib.metadata.distributions())
     print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}, {dists} distributions on sys.path, "
           f"PYTHONDONTWRITEBYTECODE {'set' if sys.dont_write_bytecode else 'unset'}, fa4doctor bytecode "

@@ -9,8 +9,8 @@
 #                                               (`fa4doctor native build` first): ~1 min
 #   scripts/gpu/proofs.sh OUTDIR transformers   scripts/gpu/transformers_models.py (transformers on
 #                                               PYTHONPATH), scripts/gpu/padded_gather.py: ~3 min
-#   scripts/gpu/proofs.sh OUTDIR check          scripts/gpu/check_cold.sh: check cold and warm against
-#                                               collect_env: ~2 min
+#   scripts/gpu/proofs.sh OUTDIR check          bench/check_speed.py --cold 5: check cold and warm
+#                                               against collect_env and the bare imports: ~2 min
 #
 # OUTDIR/<part>.tar.gz holds everything printed (the device returns at most 8 files).
 set -uo pipefail
@@ -43,8 +43,10 @@ case $part in
         echo "padded_gather: exit $?" >> "$work/summary.txt"
         ;;
     check)
-        timeout 300 bash scripts/gpu/check_cold.sh 3 > "$work/check-cold.txt" 2>&1
-        echo "check_cold: exit $?" >> "$work/summary.txt"
+        timeout 300 python bench/check_speed.py --cold 5 > "$work/check-cold.txt" 2>&1
+        echo "check_speed --cold: exit $?" >> "$work/summary.txt"
+        timeout 120 python bench/check_speed.py --runs 9 --breakdown-runs 3 > "$work/check-speed.txt" 2>&1
+        echo "check_speed: exit $?" >> "$work/summary.txt"
         ;;
     *) echo "unknown part '$part' (valid: fastest, overhead, transformers, check)" >&2; exit 2 ;;
 esac
