@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from fa4doctor.runtime import counters, inputs, local_env, native, uniform
-from fa4doctor.runtime.plan_class import plan_class
+from fa4doctor.runtime.plan_class import lengths_free, plan_class
 from fa4doctor.runtime.adapters import AdapterImportError, Direct, adapter, direct
 from fa4doctor.dispatch.policy import ENV_BACKEND, ENV_DISABLE, ENV_POLICY, ENV_STRICT, Policy
 from fa4doctor.dispatch.reasons import BackendName, Decision
@@ -72,6 +72,7 @@ class Plan:
     tally: counters.Tally
     counters: counters.DispatchCounters
     direct: Direct | None = None  # run's dense call without its frame, for the compiled hit path
+    lengths_free: bool = False  # the compiled hit path may serve every length of the class from one entry
 
 
 _plans: OrderedDict[Any, Plan] = OrderedDict()  # exact key -> its class's plan, least recently used first
@@ -175,7 +176,8 @@ def _new_plan(prepared: inputs.Prepared, policy: Policy | None = None) -> Plan:
         code = decision.fallback_code
         fallback = (decision.preferred.value, decision.chosen.value, code.value if code else "unknown")
     tally = sink.tally(decision.chosen.value, fallback, _unvetted(decision.chosen, spec, env, prepared.gpu))
-    return Plan(spec, prepared.scale, decision, run, tally, sink, direct(decision.chosen, spec, prepared.scale))
+    return Plan(spec, prepared.scale, decision, run, tally, sink, direct(decision.chosen, spec, prepared.scale),
+                lengths_free(spec, policy))
 
 
 def _unvetted(chosen: BackendName, spec: AttentionSpec, env: Environment, gpu: int | None) -> bool:
@@ -235,7 +237,8 @@ def attention(q, k, v, *, attn_mask_type="no_mask", window_size=None, softmax_sc
                                    cu_seqlens_q, cu_seqlens_kv, max_seqlen_q, max_seqlen_kv)
     if _remember is not None and key is not None and dense and alibi_slopes is None and learnable_sink is None:
         # a call the compiled path serves, which it missed: from now on it does
-        _remember(plan, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic)
+        _remember(plan, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic,
+                  plan.lengths_free)
     plan.tally.n += 1
     sink = plan.counters
     if sink.directory is not None and _clock() >= sink.deadline:  # no file: nothing to refresh

@@ -62,6 +62,17 @@ def lengths(spec: AttentionSpec) -> tuple:
     return ((q > kv) - (q < kv), q == 1, q == 0, kv == 0)
 
 
+def lengths_free(spec: AttentionSpec, policy: Policy) -> bool:
+    """Whether the class's plan serves any lengths that `lengths` reads alike: no length bound in its
+    adapter, and no speed bucket read (`FASTEST`). The compiled hit path then keeps one entry for
+    every length of the class (runtime/native/hit.cpp `lengths_free`).
+
+    >>> lengths_free(AttentionSpec(seqlen_q=700, attn_mask_type="causal"), Policy())
+    True
+    """
+    return not spec.varlen and not _baked(spec) and policy.order != FASTEST
+
+
 def plan_class(spec: AttentionSpec, scale: float, gpu: int | None, policy: Policy) -> tuple:
     """What `select` and `bind` are given, with the lengths reduced to `lengths(spec)`. Under
     `FA4DOCTOR_POLICY=fastest` the rules also read each length's speed bucket (dispatch/speed.py

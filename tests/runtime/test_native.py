@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from fa4doctor.runtime import counters as metrics, dispatcher as runtime, inputs, native, plan_class
 from fa4doctor.runtime.adapters import fa4 as fa4_adapter
 from fa4doctor.dispatch.reasons import DispatchError
+from fa4doctor.dispatch.spec import SpecError
 from fa4doctor.probe.system import find_torch_dir
 
 
@@ -116,9 +117,12 @@ VARIATIONS = {  # one field of the key changed at a time: each must reach Python
 }
 
 
-# Lengths both calls compare alike (seqlen_q < seqlen_kv, no decode) and the batch size: the call is
-# validated as its own key, and runs on its class's plan (runtime/plan_class.py).
+# Lengths both calls compare alike (seqlen_q < seqlen_kv, no decode) and the batch size: the call
+# runs on its class's plan (runtime/plan_class.py). Another batch size is validated as its own key;
+# other lengths of a class whose plan holds no length are served by the same entry, never reaching
+# Python (hit.cpp `lengths_free`).
 SAME_CLASS = {"q shape", "k shape", "batch"}
+LENGTHS_ALIKE = {"q shape", "k shape"}
 
 
 @pytest.mark.parametrize("name", VARIATIONS)
@@ -135,9 +139,12 @@ def test_every_field_of_the_key_is_checked(hit, name):
         tensors, kwargs = VARIATIONS[name](q, k, v)
     grad = torch.enable_grad() if name == "requires_grad" else torch.no_grad()
     with grad:
-        misses = _stats(hit)["misses"]
+        misses, hits = _stats(hit)["misses"], _stats(hit)["hits"]
         other = _which(lambda: hit(*tensors, **kwargs), served)  # must not run on `plan` unless one class
-        assert _stats(hit)["misses"] == misses + 1 and len(runtime._plans) == 2  # validated as its own key
+        if name in LENGTHS_ALIKE:  # served from the entry the first call made
+            assert _stats(hit)["hits"] == hits + 1 and _stats(hit)["misses"] == misses and len(runtime._plans) == 1
+        else:  # validated as its own key
+            assert _stats(hit)["misses"] == misses + 1 and len(runtime._plans) == 2
         assert (other is plan) == (name in SAME_CLASS)
         hits = _stats(hit)["hits"]
         hit(*tensors, **kwargs)  # and then the compiled path serves it
@@ -165,6 +172,67 @@ def test_grad_mode_is_in_the_key(hit):
         assert _which(lambda: hit(q, k, v), served) is inferred
     assert _which(lambda: hit(q, k, v), served) is trained
     assert _stats(hit)["hits"] == hits + 2
+
+
+def _tokens(s: int, kv: int | None = None, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, s, 2, 8, generator=g)
+    return q, torch.randn(1, kv or s, 2, 8, generator=g), torch.randn(1, kv or s, 2, 8, generator=g)
+
+
+def test_one_entry_serves_every_length_of_a_class_whose_plan_binds_none(hit):
+    """Issue 14: a job cycling through thousands of lengths hits one entry (one set of cache lines),
+    not one per length. Each length's output is the Python path's, which validates and decides it afresh."""
+    hit(*_tokens(2), attn_mask_type="causal")
+    misses, hits = _stats(hit)["misses"], _stats(hit)["hits"]
+    (plan,) = runtime._plans.values()
+    calls = plan.tally.n
+    for s in range(3, 70):
+        q, k, v = _tokens(s, seed=s)
+        assert torch.equal(hit(q, k, v, attn_mask_type="causal"), runtime.python_attention(q, k, v, attn_mask_type="causal"))
+    assert _stats(hit)["entries"] == 1 and _stats(hit)["misses"] == misses and _stats(hit)["hits"] == hits + 67
+    assert plan.tally.n == calls + 2 * 67  # counted once by each path
+
+
+def test_lengths_a_plan_binds_get_entries_of_their_own(hit):
+    """A top-left causal mask with seqlen_q != seqlen_kv binds both lengths (runtime/plan_class.py
+    `_baked`): every pair is its own entry and its own plan, never another pair's."""
+    outputs = {}
+    for kv in range(5, 10):
+        q, k, v = _tokens(4, kv, seed=kv)
+        misses = _stats(hit)["misses"]
+        outputs[kv] = hit(q, k, v, attn_mask_type="causal")
+        assert _stats(hit)["misses"] == misses + 1
+        assert torch.equal(hit(q, k, v, attn_mask_type="causal"), outputs[kv])
+        assert torch.equal(outputs[kv], runtime.python_attention(q, k, v, attn_mask_type="causal"))
+    assert _stats(hit)["entries"] == 5 and len(runtime._classes) == 5
+
+
+@pytest.mark.parametrize("lengths", [(1, 6, 6), (7, 6, 6), (6, 6, 0), (0, 6, 6)],
+                         ids=["decode", "q longer", "v shorter than k", "q empty"])
+def test_a_length_the_rules_read_otherwise_is_not_served_by_the_entry(hit, lengths):
+    s_q, s_k, s_v = lengths
+    hit(*_tokens(6))  # the class of q == kv, neither empty
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, n, 2, 8, generator=g) for n in lengths)
+    misses = _stats(hit)["misses"]
+    try:
+        got = hit(q, k, v)
+    except SpecError as exc:  # k and v of other lengths: Python's own error, naming the argument
+        assert _stats(hit)["misses"] == misses + 1 and exc.field == "v"
+    else:
+        assert _stats(hit)["misses"] == misses + 1
+        assert torch.equal(got, runtime.python_attention(q, k, v))
+
+
+def test_a_length_kept_apart_under_fastest_is_its_own_entry(hit, monkeypatch):
+    """`FA4DOCTOR_POLICY=fastest` reads each length's speed bucket, so its plans hold exact lengths."""
+    monkeypatch.setenv("FA4DOCTOR_POLICY", "fastest")
+    for s in (4, 5, 6):
+        misses = _stats(hit)["misses"]
+        hit(*_tokens(s))
+        assert _stats(hit)["misses"] == misses + 1
+    assert _stats(hit)["entries"] == 3
 
 
 @pytest.mark.parametrize("variable,value", [("FA4DOCTOR_DISABLE", "sdpa"), ("FA4DOCTOR_BACKEND", "fa4"),

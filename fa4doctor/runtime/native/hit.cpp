@@ -16,7 +16,10 @@
 //   to the Python `attention` given to `configure`, which validates, decides and calls `remember`.
 // - An entry matches when what runtime.py's key holds for such a call is equal: shape, dtype and
 //   device of q, k and v; grad mode and requires_grad; the six keywords (by ==, as a tuple key
-//   compares); the four policy variables in os.environ's own dict.
+//   compares); the four policy variables in os.environ's own dict. Where the plan holds no length
+//   (`remember`'s lengths_free, from runtime/plan_class.py), the sequence lengths are compared only as
+//   the rules read them (`lengths_free` below): one entry serves every length of the plan's class, so
+//   a job cycling through 10,000 lengths hits one entry that stays in cache, not 10,000 that do not.
 // - A hit does what runtime.py's hit does: tally.n += 1; counters.flush() once counters.deadline
 //   has passed (only where counters has a metrics directory); then plan.run(q, k, v, None, None,
 //   None), or, where the adapter gave one, its `direct` call: the backend's own function with the
@@ -132,24 +135,51 @@ bool read_tensor(PyObject* obj, Key* key, int i, bool* requires_grad) {
 
 uint64_t mix(uint64_t h, uint64_t x) { return (h ^ x) * 0x100000001b3ULL; }  // FNV-1a step
 
-bool read_key(PyObject* const* tensors, Key* key) {
-  std::memset(key, 0, sizeof(Key));
+// The key's hash, over everything in it but the hash.
+void seal(Key* key) {
   uint64_t h = 0xcbf29ce484222325ULL;
-  bool any_grad = false;
   for (int i = 0; i < 3; ++i) {
-    if (!read_tensor(tensors[i], key, i, &any_grad)) return false;
     for (int d = 0; d < key->ndim[i]; ++d) h = mix(h, static_cast<uint64_t>(key->sizes[i][d]));
     h = mix(h, (static_cast<uint64_t>(key->ndim[i]) << 24) | (static_cast<uint64_t>(static_cast<uint8_t>(key->dtype[i])) << 16) |
                    (static_cast<uint64_t>(static_cast<uint8_t>(key->device_type[i])) << 8) |
                    static_cast<uint8_t>(key->device_index[i]));
   }
-  key->needs_grad = c10::GradMode::is_enabled() && any_grad;
   // MurmurHash3's fmix64: FNV's low bits depend only on its inputs' low bits, and the index slot is
   // taken from the low bits, so lengths that differ only above them (multiples of 1024) would collide.
   h = mix(h, key->needs_grad);
   h = (h ^ (h >> 33)) * 0xff51afd7ed558ccdULL;
   h = (h ^ (h >> 33)) * 0xc4ceb9fe1a85ec53ULL;
   key->hash = h ^ (h >> 33);
+}
+
+// The call's exact key, not yet sealed.
+bool read_key(PyObject* const* tensors, Key* key) {
+  std::memset(key, 0, sizeof(Key));
+  bool any_grad = false;
+  for (int i = 0; i < 3; ++i)
+    if (!read_tensor(tensors[i], key, i, &any_grad)) return false;
+  key->needs_grad = c10::GradMode::is_enabled() && any_grad;
+  return true;
+}
+
+// dispatch/spec.py MAX_SEQLEN: a longer sequence is an error that Python names.
+constexpr int64_t kMaxSeqlen = 2147483647;
+
+// The key of the call's class of lengths (runtime/plan_class.py `lengths`, for a plan that holds no
+// length itself): the three sequence lengths (dim 1 of bshd) replaced by what the rules, the adapters
+// and validation read of them: which side is longer, a decode (seqlen_q == 1), an empty side, k and
+// v alike, both within kMaxSeqlen. Negative, so never equal to an exact key's lengths. False for a
+// tensor that is not bshd.
+bool lengths_free(const Key& exact, Key* key) {
+  for (int i = 0; i < 3; ++i)
+    if (exact.ndim[i] != kMaxDim) return false;
+  *key = exact;
+  int64_t q = exact.sizes[0][1], kv = exact.sizes[1][1], v = exact.sizes[2][1];
+  int64_t reads = ((q > kv) - (q < kv) + 1) | (q == 1) << 2 | (q == 0) << 3 | (kv == 0) << 4 | (kv == v) << 5 |
+                  (q <= kMaxSeqlen && kv <= kMaxSeqlen) << 6;
+  key->sizes[0][1] = -1 - reads;
+  key->sizes[1][1] = key->sizes[2][1] = -1;
+  seal(key);
   return true;
 }
 
@@ -421,7 +451,12 @@ PyObject* attention(PyObject*, PyObject* const* args, size_t nargsf, PyObject* k
   long at = -1;
   if (nargs == 3 && read_keywords(args, nargs, kwnames, kw) && read_key(args, &key)) {
     read_env(env);
-    at = find(key, kw, env);
+    Key free;  // most plans hold no length: one entry serves every length of the class
+    if (lengths_free(key, &free)) at = find(free, kw, env);
+    if (at == -1) {
+      seal(&key);
+      at = find(key, kw, env);
+    }
   }
   if (at < 0) {
     ++g.misses;
@@ -439,15 +474,23 @@ PyObject* attention(PyObject*, PyObject* const* args, size_t nargsf, PyObject* k
   return out;
 }
 
-// remember(plan, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic)
+// remember(plan, q, k, v, attn_mask_type, window_size, softmax_scale, dropout_p, softcap, deterministic
+//          [, lengths_free]): lengths_free true keeps the plan for every length of the call's class
+// (`lengths_free` above), false (the default) for the call's exact lengths.
 PyObject* remember(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4 + kNumKeyed) {
-    PyErr_SetString(PyExc_TypeError, "remember() takes plan, q, k, v and the six keyed keywords");
+  if (nargs != 4 + kNumKeyed && nargs != 5 + kNumKeyed) {
+    PyErr_SetString(PyExc_TypeError, "remember() takes plan, q, k, v, the six keyed keywords and lengths_free");
     return nullptr;
   }
-  Key key;
+  int free = nargs == 5 + kNumKeyed ? PyObject_IsTrue(args[4 + kNumKeyed]) : 0;
+  if (free < 0) return nullptr;
+  Key exact, key;
   // Not a call this path can serve, or called back from a comparison while the entries are walked.
-  if (!g.slow || g.walking || !read_key(args + 1, &key)) Py_RETURN_FALSE;
+  if (!g.slow || g.walking || !read_key(args + 1, &exact)) Py_RETURN_FALSE;
+  if (!free || !lengths_free(exact, &key)) {
+    key = exact;
+    seal(&key);
+  }
   // The plan's parts, owned by the entry (each a new reference, or null on an error). Read before
   // `find`, since reading them may run Python: from `find` on, nothing runs Python until the entry is in.
   PyObject* plan = args[0];
