@@ -75,14 +75,32 @@ def _packing(mask: torch.Tensor, seqlen_q: int) -> _Packing:
     return _PACKINGS.put(mask, packing, seqlen_q)
 
 
+class _Gather(torch.autograd.Function):
+    """`t[where]` for positions that are each taken once: its gradient is written into place, where
+    advanced indexing's is accumulated, which on CUDA sorts the indices first
+    (`index_put_(accumulate=True)`); scripts/gpu/padded_gather.py times the two."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows, columns)
+        ctx.shape = t.shape
+        return t[rows, columns]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, columns = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).index_put_((rows, columns), grad), None, None
+
+
 def _padded(run, q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> torch.Tensor:
     """Valid tokens packed to `thd`, run, and put back; queries are the last seqlen_q keys."""
     if mask.dim() != 2 or mask.shape[1] != k.shape[1]:
         raise SpecError("attention_mask", f"a mask of shape {tuple(mask.shape)} for {k.shape[1]} keys; "
                         "fa4doctor reads 2D padding masks (batch, keys) only")
     pack = _packing(mask, q.shape[1])
+    gather_q, gather_k = (lambda t: _Gather.apply(t, *pack.where_q)), (lambda t: _Gather.apply(t, *pack.where_k))
     out = run(
-        q[pack.where_q], k[pack.where_k], v[pack.where_k], qkv_format="thd",
+        gather_q(q), gather_k(k), gather_k(v), qkv_format="thd",
         attn_mask_type="padding_causal_bottom_right" if causal else "padding",
         cu_seqlens_q=pack.cu_q, cu_seqlens_kv=pack.cu_k, max_seqlen_q=pack.max_q, max_seqlen_kv=pack.max_k, **call)
     full = out.new_zeros(q.shape[0], q.shape[1], *out.shape[1:])
