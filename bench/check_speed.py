@@ -219,11 +219,13 @@ def cold_and_warm(rounds: int) -> None:
         envs["check, warm"]["XDG_CACHE_HOME"] = warm
         measure(CHECK, env=envs["check, warm"])  # fills the warm cache
         seen: dict[str, list[float]] = {name: [] for name in commands}
+        print(f"cold and warm check ({rounds} rounds, every command once per round, in this order; wall s):")
+        print("  round  " + "  ".join(commands), flush=True)
         for round_ in range(rounds):
             envs["check, cold"]["XDG_CACHE_HOME"] = os.path.join(scratch, str(round_))
             for name, command in commands.items():
                 seen[name].append(measure(command, env=envs[name])[0])
-    print(f"cold and warm check ({rounds} rounds, every command once per round, in this order):")
+            print(f"  {round_ + 1:>5}  " + "  ".join(f"{seen[name][-1]:>{len(name)}.3f}" for name in commands), flush=True)
     for name, walls in seen.items():
         print(f"  {name:<24} median {statistics.median(walls):.3f} s  (min {min(walls):.3f}, max {max(walls):.3f})")
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(seen[a], seen[b]))  # noqa: E731

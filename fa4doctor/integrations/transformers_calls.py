@@ -48,8 +48,8 @@ class _Packing:
     """Where one padding mask's valid tokens are, as `_padded` packs them: index tensors for the
     gather and scatter (no host sync to use them) and the `thd` offsets and maxima."""
 
-    where_q: tuple[torch.Tensor, torch.Tensor]  # (batch, position) of each valid query
-    where_k: tuple[torch.Tensor, torch.Tensor]
+    rows_q: torch.Tensor  # batch * seqlen_q + position of each valid query, in order
+    rows_k: torch.Tensor
     cu_q: torch.Tensor
     cu_k: torch.Tensor
     max_q: int
@@ -70,26 +70,16 @@ def _packing(mask: torch.Tensor, seqlen_q: int) -> _Packing:
     if not _contiguous(keep_k):
         raise SpecError("attention_mask", "a padding mask with holes (valid tokens must be one run per row)")
     lens_q, lens_k = keep_q.sum(1), keep_k.sum(1)
-    packing = _Packing(keep_q.nonzero(as_tuple=True), keep_k.nonzero(as_tuple=True), _offsets(lens_q),
-                       _offsets(lens_k), int(lens_q.max()), int(lens_k.max()))
+    packing = _Packing(keep_q.reshape(-1).nonzero().squeeze(1), keep_k.reshape(-1).nonzero().squeeze(1),
+                       _offsets(lens_q), _offsets(lens_k), int(lens_q.max()), int(lens_k.max()))
     return _PACKINGS.put(mask, packing, seqlen_q)
 
 
-class _Gather(torch.autograd.Function):
-    """`t[where]` for positions that are each taken once: its gradient is written into place, where
-    advanced indexing's is accumulated, which on CUDA sorts the indices first
-    (`index_put_(accumulate=True)`); scripts/gpu/padded_gather.py times the two."""
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows, columns)
-        ctx.shape = t.shape
-        return t[rows, columns]
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        rows, columns = ctx.saved_tensors
-        return grad.new_zeros(ctx.shape).index_put_((rows, columns), grad), None, None
+def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The (batch, position) rows of a bshd tensor, by flat index. Its gradient is an `index_add_`;
+    advanced indexing's sorts the indices on CUDA, which cost a padded step more than this copy does
+    (scripts/gpu/padded_gather.py; docs/validation/h100-b40/transformers/)."""
+    return t.reshape(-1, *t.shape[2:]).index_select(0, rows)
 
 
 def _padded(run, q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> torch.Tensor:
@@ -98,13 +88,12 @@ def _padded(run, q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]
         raise SpecError("attention_mask", f"a mask of shape {tuple(mask.shape)} for {k.shape[1]} keys; "
                         "fa4doctor reads 2D padding masks (batch, keys) only")
     pack = _packing(mask, q.shape[1])
-    gather_q, gather_k = (lambda t: _Gather.apply(t, *pack.where_q)), (lambda t: _Gather.apply(t, *pack.where_k))
     out = run(
-        gather_q(q), gather_k(k), gather_k(v), qkv_format="thd",
+        _rows(q, pack.rows_q), _rows(k, pack.rows_k), _rows(v, pack.rows_k), qkv_format="thd",
         attn_mask_type="padding_causal_bottom_right" if causal else "padding",
         cu_seqlens_q=pack.cu_q, cu_seqlens_kv=pack.cu_k, max_seqlen_q=pack.max_q, max_seqlen_kv=pack.max_k, **call)
-    full = out.new_zeros(q.shape[0], q.shape[1], *out.shape[1:])
-    return full.index_put(pack.where_q, out)
+    full = out.new_zeros(q.shape[0] * q.shape[1], *out.shape[1:]).index_copy(0, pack.rows_q, out)
+    return full.view(*q.shape[:2], *out.shape[1:])
 
 
 def attend(run, query, key, value, mask: torch.Tensor | None, sink: torch.Tensor | None, causal: bool,

@@ -1,10 +1,10 @@
 """How to pack a padded batch's valid tokens to `thd` and scatter the output back, forward and
-backward, on the GPU: advanced indexing with (batch, position) index tensors, whose backward
-accumulates after sorting the indices (the integration's way before `transformers_calls._Gather`),
-against a flat index (`index_select`, whose backward is an `index_add_`, after a copy that makes
-(batch, position) one dimension), and against `_Gather`: advanced indexing whose backward writes
-without accumulating, since each position is taken once. CUDA events, warm-up, the median of 50
-rounds; one line a shape.
+backward, on the GPU, three ways: advanced indexing with (batch, position) index tensors, whose
+backward accumulates after sorting the indices (the transformers integration's way until
+2026-12-07); a flat index (`index_select`, whose backward is an `index_add_`, after a copy that
+makes (batch, position) one dimension; the integration's way since, `transformers_calls._rows`);
+and advanced indexing whose backward writes without accumulating, since each position is taken
+once. CUDA events, warm-up, the median of 50 rounds; one line a shape.
 
     python scripts/gpu/padded_gather.py
 """
@@ -15,7 +15,20 @@ import statistics
 
 import torch
 
-from fa4doctor.integrations.transformers_calls import _Gather
+
+class _UniqueGather(torch.autograd.Function):
+    """`t[where]` whose gradient is written, not accumulated: each position is gathered once."""
+
+    @staticmethod
+    def forward(ctx, t, b, s):
+        ctx.save_for_backward(b, s)
+        ctx.shape = t.shape
+        return t[b, s]
+
+    @staticmethod
+    def backward(ctx, grad):
+        b, s = ctx.saved_tensors
+        return grad.new_zeros(ctx.shape).index_put_((b, s), grad), None, None
 
 
 def _time(fn, rounds: int = 50) -> float:
@@ -54,7 +67,7 @@ def _case(batch: int, seqlen: int, heads: int, dim: int) -> str:
 
     def unique():
         q = query.transpose(1, 2)
-        packed = _Gather.apply(q, *where) * 1.0
+        packed = _UniqueGather.apply(q, *where) * 1.0
         full = packed.new_zeros(batch, seqlen, heads, dim).index_put(where, packed)
         full.sum().backward()
 

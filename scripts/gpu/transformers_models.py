@@ -9,6 +9,7 @@ dim 72 shows a refused FA4 backward falling back with its reason. Keep its outpu
 docs/validation/ (docs/transformers.md).
 
     python scripts/gpu/transformers_models.py | tee docs/validation/<node>/transformers-models.txt
+    PARTS=models MODELS=llama,qwen2 python scripts/gpu/transformers_models.py   (some parts, some models)
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def main() -> None:
     import os
 
     parts = os.environ.get("PARTS", "models,compiled,profile").split(",")
-    for model_type in MODELS if "models" in parts else ():
+    only = [m for m in os.environ.get("MODELS", "").split(",") if m]  # say, MODELS=llama,qwen2
+    for model_type in (only or MODELS) if "models" in parts else ():
         run(model_type)
     if "compiled" in parts:
         run_compiled("llama")
