@@ -100,7 +100,8 @@ def test_rules_and_dashboard_only_use_metrics_the_daemon_exports(exported_names)
     assert referenced(rules_text) - known == set()
     assert referenced(exprs) - known == set()
     assert {"fa4doctor_backend_available", "fa4doctor_dispatch_fallbacks_total",
-            "fa4doctor_smoke_cases", "fa4doctor_smoke_success"} <= referenced(exprs)
+            "fa4doctor_smoke_cases", "fa4doctor_smoke_success", "fa4doctor_vetting_current",
+            "fa4doctor_serve_revet_pending", "fa4doctor_unvetted_calls_total"} <= referenced(exprs)
 
 
 def test_systemd_unit_runs_serve_on_the_default_port():
