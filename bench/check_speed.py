@@ -25,9 +25,11 @@ and a filled one, collect_env, and the bare imports a cold check must prove (`im
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -39,10 +41,26 @@ TARGET_COLD = 5.0  # issue 14: a cold check (empty import cache) against collect
 CHECK = [sys.executable, "-m", "fa4doctor", "check", "--json"]
 
 
+def _stop(signum, frame) -> None:
+    """A timeout's SIGTERM ends the command being timed too (its process group), so it does not keep
+    loading the machine after the bench (a GPU run's next step timed beside it once: docs/validation/
+    h100-b40/transformers/README.md, run 3). A cold check's import child, in a session of its own,
+    ends with its import."""
+    if _running is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(_running.pid, signal.SIGKILL)
+    sys.exit(128 + signum)
+
+
+_running: subprocess.Popen | None = None
+
+
 def measure(command: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> tuple[float, float, int]:
     """Wall seconds, peak RSS in MiB (this process alone, from wait4) and exit status of one run."""
+    global _running
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd, env=env)
+    child = _running = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd,
+                                        env=env, start_new_session=True)
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
@@ -250,6 +268,7 @@ def main() -> None:
                         help="only time check cold and warm against collect_env and the bare imports, ROUNDS rounds")
     parser.add_argument("--nvml-profile", action="store_true", help=argparse.SUPPRESS)  # the child's entry
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _stop)
     if args.nvml_profile:
         return nvml_profile()
     if args.cold:
