@@ -164,14 +164,31 @@ def report(times: dict[str, list[float]], differ: list[str]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_call_options(parser: argparse.ArgumentParser) -> None:
+    """The timed call's options, shared with bench/policy_overhead.py."""
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backend", default="sdpa", choices=["sdpa", "fa4"])
     parser.add_argument("--shape", default=None, help="batch,seq,heads,head_dim (default: 1,8,2,16 on the CPU; "
                         "1,128,8,64 on CUDA, the tiny FA4 call of docs/validation/h100-native/)")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--block", type=int, default=50, help="calls per timed block")
+
+
+def call_tensors(args: argparse.Namespace):
+    """q, k and v of `--shape` (filling in its default) on `--device`, their dtype, and the device's sync."""
+    import torch
+
+    args.shape = args.shape or ("1,128,8,64" if args.device == "cuda" else "1,8,2,16")
+    b, s, h, d = (int(x) for x in args.shape.split(","))
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    q, k, v = (torch.randn(b, s, h, d, device=args.device, dtype=dtype) for _ in range(3))
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    return q, k, v, dtype, sync
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_call_options(parser)
     parser.add_argument("--no-causal", dest="causal", action="store_false")
     parser.add_argument("--gc-off", action="store_true", help="disable Python's cyclic GC while timing")
     args = parser.parse_args()
@@ -185,12 +202,8 @@ def main() -> None:
     global GRAD_ENABLED
     GRAD_ENABLED = torch.is_grad_enabled
 
-    args.shape = args.shape or ("1,128,8,64" if args.device == "cuda" else "1,8,2,16")
-    b, s, h, d = (int(x) for x in args.shape.split(","))
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    q, k, v = (torch.randn(b, s, h, d, device=args.device, dtype=dtype) for _ in range(3))
+    q, k, v, dtype, sync = call_tensors(args)
     mask = "causal" if args.causal else "no_mask"
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     with torch.inference_mode():
         attention(q, k, v, attn_mask_type=mask)  # the first decision; FA4 compiles here
         plan = only_plan()

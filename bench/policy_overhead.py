@@ -28,7 +28,7 @@ import random
 import statistics
 import time
 
-from dispatch_overhead import block, exact_call, only_plan, paired  # bench/, the script's own folder
+from dispatch_overhead import add_call_options, block, call_tensors, exact_call, only_plan, paired  # bench/
 
 POLICIES = ("priority", "fastest")
 
@@ -72,12 +72,7 @@ def per_plan(device: str, repeats: int) -> dict[str, list[float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--backend", default="sdpa", choices=["sdpa", "fa4"])
-    parser.add_argument("--shape", default=None, help="batch,seq,heads,head_dim (default: 1,8,2,16 on the CPU; "
-                        "1,128,8,64 on CUDA)")
-    parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--block", type=int, default=50, help="calls per timed block")
+    add_call_options(parser)
     args = parser.parse_args()
     os.environ["FA4DOCTOR_BACKEND"] = args.backend  # time exactly this backend behind attention()
 
@@ -86,11 +81,7 @@ def main() -> None:
     from fa4doctor.dispatch import attention
     from fa4doctor.runtime import dispatcher as runtime
 
-    args.shape = args.shape or ("1,128,8,64" if args.device == "cuda" else "1,8,2,16")
-    b, s, h, d = (int(x) for x in args.shape.split(","))
-    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    q, k, v = (torch.randn(b, s, h, d, device=args.device, dtype=dtype) for _ in range(3))
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    q, k, v, dtype, sync = call_tensors(args)
     dispatched = lambda q, k, v: attention(q, k, v, attn_mask_type="causal")  # noqa: E731
     with torch.inference_mode():
         os.environ["FA4DOCTOR_POLICY"] = "priority"

@@ -16,6 +16,7 @@ import torch
 
 from fa4doctor.dispatch.spec import SpecError
 from fa4doctor.names import DispatchError
+from fa4doctor.runtime.inputs import put_rows, take_rows
 from fa4doctor.runtime.tensor_memo import TensorMemo
 
 
@@ -27,7 +28,6 @@ class AttentionRefused(ValueError):
         where = f"layer {layer if layer is not None else '?'} ({module})" if module else "mask"
         super().__init__(f"fa4doctor: {where}: {what}; no backend runs this exactly, so it is refused "
                          "rather than changed (attn_implementation=\"eager\" runs it)")
-
 
 
 def _contiguous(keep: torch.Tensor) -> bool:
@@ -75,13 +75,6 @@ def _packing(mask: torch.Tensor, seqlen_q: int) -> _Packing:
     return _PACKINGS.put(mask, packing, seqlen_q)
 
 
-def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """The (batch, position) rows of a bshd tensor, by flat index. Its gradient is an `index_add_`;
-    advanced indexing's sorts the indices on CUDA, which cost a padded step more than this copy does
-    (scripts/gpu/padded_gather.py; docs/validation/h100-b40/transformers/)."""
-    return t.reshape(-1, *t.shape[2:]).index_select(0, rows)
-
-
 def _padded(run, q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]) -> torch.Tensor:
     """Valid tokens packed to `thd`, run, and put back; queries are the last seqlen_q keys."""
     if mask.dim() != 2 or mask.shape[1] != k.shape[1]:
@@ -89,11 +82,10 @@ def _padded(run, q, k, v, mask: torch.Tensor, causal: bool, call: dict[str, Any]
                         "fa4doctor reads 2D padding masks (batch, keys) only")
     pack = _packing(mask, q.shape[1])
     out = run(
-        _rows(q, pack.rows_q), _rows(k, pack.rows_k), _rows(v, pack.rows_k), qkv_format="thd",
+        take_rows(q, pack.rows_q), take_rows(k, pack.rows_k), take_rows(v, pack.rows_k), qkv_format="thd",
         attn_mask_type="padding_causal_bottom_right" if causal else "padding",
         cu_seqlens_q=pack.cu_q, cu_seqlens_kv=pack.cu_k, max_seqlen_q=pack.max_q, max_seqlen_kv=pack.max_k, **call)
-    full = out.new_zeros(q.shape[0] * q.shape[1], *out.shape[1:]).index_copy(0, pack.rows_q, out)
-    return full.view(*q.shape[:2], *out.shape[1:])
+    return put_rows(out, pack.rows_q, q)
 
 
 def attend(run, query, key, value, mask: torch.Tensor | None, sink: torch.Tensor | None, causal: bool,

@@ -87,23 +87,17 @@ def _tensor_key(t: Any) -> Any:
     return (t.shape, t.dtype, t.device)  # its requires_grad is in the key's needs_grad
 
 
-def _pack(q, k, v, varlen: inputs.Varlen):
-    """Padded bshd -> packed thd (the valid tokens only), and the indices to scatter back."""
-    def rows(t, lens):
-        index = torch.cat([torch.arange(b * t.shape[1], b * t.shape[1] + n, device=t.device)
-                           for b, n in enumerate(lens)])
-        return t.reshape(-1, *t.shape[2:]).index_select(0, index), index
-    (q2, iq), (k2, ik) = rows(q, varlen.lens_q), rows(k, varlen.lens_kv)
-    return q2, k2, v.reshape(-1, *v.shape[2:]).index_select(0, ik), iq
-
-
 def _execute(run, q, k, v, varlen, alibi_slopes, learnable_sink) -> torch.Tensor:
     if varlen is None or not varlen.packed:
         return run(q, k, v, varlen, alibi_slopes, learnable_sink)
-    q2, k2, v2, index = _pack(q, k, v, varlen)
-    out = run(q2, k2, v2, varlen, alibi_slopes, learnable_sink)
-    full = out.new_zeros(q.shape[0] * q.shape[1], *out.shape[1:]).index_copy(0, index, out)
-    return full.view(*q.shape[:2], *out.shape[1:])
+    # Padded bshd: each row's valid tokens come first (inputs.read_varlen checks the lengths fit).
+    def rows(t, lens):
+        return torch.cat([torch.arange(b * t.shape[1], b * t.shape[1] + n, device=t.device)
+                          for b, n in enumerate(lens)])
+    rows_q, rows_kv = rows(q, varlen.lens_q), rows(k, varlen.lens_kv)
+    out = run(inputs.take_rows(q, rows_q), inputs.take_rows(k, rows_kv), inputs.take_rows(v, rows_kv), varlen,
+              alibi_slopes, learnable_sink)
+    return inputs.put_rows(out, rows_q, q)
 
 
 def _log_once(decision: Decision, spec: AttentionSpec) -> None:

@@ -48,6 +48,19 @@ class Varlen:
         return (len(self.lens_q), self.max_seqlen_q, self.max_seqlen_kv, same, self.packed)
 
 
+def take_rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Padded bshd -> packed thd: the tokens at `rows` (batch * seqlen + position, in order). By flat
+    index: its gradient is an `index_add_`, where advanced indexing's sorts the indices on CUDA
+    (docs/validation/h100-b40/transformers/README.md, run 3)."""
+    return t.reshape(-1, *t.shape[2:]).index_select(0, rows)
+
+
+def put_rows(packed: torch.Tensor, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Packed thd -> padded bshd of `like`'s batch and length: `take_rows` undone, zeros elsewhere."""
+    full = packed.new_zeros(like.shape[0] * like.shape[1], *packed.shape[1:]).index_copy(0, rows, packed)
+    return full.view(*like.shape[:2], *packed.shape[1:])
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     spec: AttentionSpec

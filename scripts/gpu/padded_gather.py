@@ -2,7 +2,7 @@
 backward, on the GPU, three ways: advanced indexing with (batch, position) index tensors, whose
 backward accumulates after sorting the indices (the transformers integration's way until
 2026-12-07); a flat index (`index_select`, whose backward is an `index_add_`, after a copy that
-makes (batch, position) one dimension; the integration's way since, `transformers_calls._rows`);
+makes (batch, position) one dimension; the integration's way since, `runtime/inputs.take_rows`);
 and advanced indexing whose backward writes without accumulating, since each position is taken
 once. CUDA events, warm-up, the median of 50 rounds; one line a shape.
 

@@ -169,7 +169,9 @@ constexpr int64_t kMaxSeqlen = 2147483647;
 // length itself): the three sequence lengths (dim 1 of bshd) replaced by what the rules, the adapters
 // and validation read of them: which side is longer, a decode (seqlen_q == 1), an empty side, k and
 // v alike, both within kMaxSeqlen. Negative, so never equal to an exact key's lengths. False for a
-// tensor that is not bshd.
+// tensor that is not bshd. A twin of `lengths` in Python: tests/runtime/test_plan_class.py's property
+// test over random lengths runs through this path in scripts/test.sh's native pass, and fails if a
+// call is served from another class's entry.
 bool lengths_free(const Key& exact, Key* key) {
   for (int i = 0; i < 3; ++i)
     if (exact.ndim[i] != kMaxDim) return false;
